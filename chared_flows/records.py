@@ -1,0 +1,83 @@
+"""Plain records that cross layers: what a run produced, with no behaviour.
+
+Leaf module (stdlib only). Tracking and reports see only these, never the
+decoding engine or the workflow runner. Add fields at the end with defaults;
+never rename one (stored outboxes and resumable run files hold old records).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One thing under comparison: a single model or an ensemble."""
+
+    name: str
+    members: tuple[str, ...]
+    weights: tuple[float, ...] | None = None
+    mode: str = "chared"
+    rule: str = "mixture"
+    decoding: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_single(self) -> bool:
+        return len(self.members) == 1
+
+
+@dataclass
+class SampleRecord:
+    """One sample run through one variant."""
+
+    run_id: str
+    workflow: str
+    workflow_version: int
+    template: str
+    template_version: int
+    template_hash: str
+    variant: str
+    sample_id: str
+    inputs: dict[str, Any]
+    output: str
+    parsed: Any = None
+    reference: Any = None
+    finish_reason: str = ""
+    latency_s: float = 0.0
+    chars_per_s: float = 0.0
+    forward_passes: int = 0
+    scores: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    timestamp: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SampleRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class RunRecord:
+    """One workflow run: the variants it compared and where it stands."""
+
+    run_id: str
+    workflow: str
+    workflow_version: int
+    template: str
+    template_version: int
+    template_hash: str
+    dataset: str
+    variants: list[VariantSpec]
+    package_version: str = ""
+    git_commit: str = ""
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
