@@ -1,1 +1,1 @@
-"""flow layer."""
+"""Workflows: spec, loader and runner; joins prompts with decoding."""
