@@ -1,0 +1,169 @@
+"""PromptLayer tracking: the real SDK against a local server, with the outbox in between."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import pytest
+
+from chared_flows.errors import ConfigError
+from chared_flows.tracking.outbox import Outbox, default_outbox_path
+from chared_flows.tracking.promptlayer import PromptLayerTracker, sync_outbox
+from tests.support.promptlayer_server import FakePromptLayer, closed_port_url
+
+KEY = "pl-secret-4f9a1c"
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", KEY)
+    monkeypatch.delenv("PROMPTLAYER_BASE_URL", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def server():
+    with FakePromptLayer(api_key=KEY) as fake:
+        yield fake
+
+
+def run_through(tracker, run, records) -> float:
+    """Feed a run; return the slowest on_record call in seconds."""
+    tracker.on_run_start(run)
+    slowest = 0.0
+    for record in records:
+        start = time.perf_counter()
+        tracker.on_record(record)
+        slowest = max(slowest, time.perf_counter() - start)
+    tracker.on_run_end(run, {}, [])
+    return slowest
+
+
+def idempotency_keys(server) -> list[str]:
+    return [body["metadata"]["chared_idempotency_key"] for body in server.accepted_logs()]
+
+
+def assert_each_once(server, records):
+    keys = idempotency_keys(server)
+    assert sorted(keys) == sorted(f"{r.run_id}:{r.variant}:{r.sample_id}" for r in records)
+    assert len(set(keys)) == len(keys), "a generation was acknowledged twice"
+    scores = collections.Counter(body["request_id"] for body in server.accepted_scores())
+    assert all(n == 1 for n in scores.values()), scores
+    # each record has one score in [0, 1] (exact_match), so one score per log
+    assert len(scores) == len(records)
+
+
+def test_all_generations_and_scores_arrive(env, server, run_record, records):
+    tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5)
+    run_through(tracker, run_record, records)
+    assert_each_once(server, records)
+    body = next(
+        b for b in server.accepted_logs() if b["model"] == "chared_0.5" and b["metadata"]["sample_id"] == "s0"
+    )
+    assert body["metadata"]["members"] == "smollm2,gemma3"
+    assert body["metadata"]["weights"] == "0.5,0.5"
+    assert body["prompt_name"] == "gsm8k_cot" and body["prompt_version_number"] == 3
+    assert body["output"]["content"][0]["text"].startswith("The answer is")
+    assert body["request_end_time"] - body["request_start_time"] == pytest.approx(0.5, abs=1e-3)
+    assert {b["score"] for b in server.accepted_scores()} <= {0, 100}
+    assert Outbox(default_outbox_path(env)).counts()["pending"] == 0
+
+
+def test_server_down_keeps_everything_and_sync_sends_it_once(env, run_record, records):
+    tracker = PromptLayerTracker(env, base_url=closed_port_url(), call_timeout_s=5, flush_timeout_s=10)
+    slowest = run_through(tracker, run_record, records)
+    assert slowest < 0.5, "on_record must not wait for the network"
+    assert Outbox(default_outbox_path(env)).counts()["pending"] == len(records)
+    with FakePromptLayer(api_key=KEY) as fake:
+        result = sync_outbox(env, base_url=fake.url)
+        assert result.pending == 0 and result.failed == 0
+        again = sync_outbox(env, base_url=fake.url)
+        assert again.sent == 0
+        assert_each_once(fake, records)
+
+
+def test_500s_are_retried_later_not_lost(env, server, run_record, records, caplog):
+    server.set_mode("500")
+    tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5)
+    with caplog.at_level(logging.WARNING):
+        run_through(tracker, run_record, records)
+    outbox = Outbox(default_outbox_path(env))
+    assert outbox.counts()["pending"] == len(records)
+    assert any("boom" in err for err in outbox.errors().values())
+    assert "not sent" in caplog.text
+    server.set_mode("ok")
+    assert sync_outbox(env, base_url=server.url).pending == 0
+    assert_each_once(server, records)
+
+
+def test_hung_server_does_not_block_and_nothing_is_sent_twice(env, server, run_record, records):
+    server.set_mode("hung")
+    tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=0.5, flush_timeout_s=3)
+    start = time.perf_counter()
+    slowest = run_through(tracker, run_record, records)
+    assert slowest < 0.5
+    assert time.perf_counter() - start < 3 + 1.0, "run end must be bounded by flush_timeout_s"
+    outbox = Outbox(default_outbox_path(env))
+    assert outbox.counts()["pending"] == len(records)
+    # While the first request is still hanging, its lease keeps sync away from it.
+    first = f"{records[0].run_id}:{records[0].variant}:{records[0].sample_id}"
+    result = sync_outbox(env, base_url=server.url, call_timeout_s=0.5)
+    assert result.timed_out == 1 and result.sent == 0
+    server.set_mode("ok")  # releases the hung handlers (they drop their connections)
+    for _ in range(100):  # the abandoned calls finish on their own (SDK retries on a dropped connection)
+        if outbox.claim(first, lease_s=0) is not None or first in outbox.keys("done"):
+            break
+        time.sleep(0.05)
+    expire_leases(outbox)
+    assert sync_outbox(env, base_url=server.url).pending == 0
+    assert_each_once(server, records)
+
+
+def expire_leases(outbox: Outbox) -> None:
+    """Stand-in for waiting out the leases of requests abandoned in a previous process."""
+    with outbox._db() as db:
+        db.execute("UPDATE items SET lease_until = 0")
+
+
+def test_next_run_start_sends_what_an_earlier_run_left(env, server, run_record, records):
+    down = PromptLayerTracker(env, base_url=closed_port_url(), call_timeout_s=5)
+    run_through(down, run_record, records[:3])
+    up = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5)
+    run_through(up, run_record, records[3:])
+    assert_each_once(server, records)
+
+
+def test_wrong_key_is_dropped_not_retried_forever(env, server, run_record, records, monkeypatch):
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", "wrong-key")
+    tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5, max_consecutive_failures=100)
+    run_through(tracker, run_record, records[:2])
+    outbox = Outbox(default_outbox_path(env))
+    assert outbox.counts()["dead"] == 2
+    assert outbox.revive() == 2
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", KEY)
+    assert sync_outbox(env, base_url=server.url).pending == 0
+    assert len(server.accepted_logs()) == 2
+
+
+def test_missing_api_key_names_the_variable(env, monkeypatch):
+    monkeypatch.delenv("PROMPTLAYER_API_KEY")
+    with pytest.raises(ConfigError, match="PROMPTLAYER_API_KEY"):
+        PromptLayerTracker(env)
+    with pytest.raises(ConfigError, match="PROMPTLAYER_API_KEY"):
+        sync_outbox(env)
+
+
+def test_api_key_is_never_written_anywhere(env, run_record, records, caplog):
+    with caplog.at_level(logging.DEBUG):
+        for url in (closed_port_url(),):
+            run_through(PromptLayerTracker(env, base_url=url, call_timeout_s=5), run_record, records)
+        with FakePromptLayer(api_key=KEY) as fake:
+            fake.set_mode("500")
+            sync_outbox(env, base_url=fake.url)
+    assert KEY not in caplog.text
+    written = [p for p in env.rglob("*") if p.is_file()]
+    assert written, "expected an outbox on disk"
+    for path in written:
+        assert KEY.encode() not in path.read_bytes(), path
