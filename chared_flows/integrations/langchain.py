@@ -1,0 +1,407 @@
+"""CharED as LangChain models: `CharEDLLM` (a `BaseLLM`) and `ChatCharED` (a `BaseChatModel`).
+
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import PromptTemplate
+    llm = CharEDLLM(models=["smollm2", "gemma3-270m"], weights=[0.5, 0.5])
+    chain = PromptTemplate.from_template("Q: {q}\\nA:") | llm | StrOutputParser()
+
+Members are loaded lazily, on the first call, through `Member.load`, which shares loaded
+weights process-wide: two instances naming the same model hold one copy. An `Ensemble`
+is cheap (weights and names only), so one is built per call from the current fields; that
+is what makes `configurable_fields(weights=..., temperature=...)` and concurrent `batch`
+calls safe: nothing mutable is shared between calls.
+
+This is the only module that imports langchain_core.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+
+from chared_flows.errors import ConfigError, MissingExtraError
+
+try:
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForLLMRun,
+        BaseCallbackHandler,
+        CallbackManagerForLLMRun,
+    )
+    from langchain_core.language_models import BaseChatModel, BaseLLM
+    from langchain_core.language_models.base import LangSmithParams
+    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+    from langchain_core.outputs import (
+        ChatGeneration,
+        ChatGenerationChunk,
+        ChatResult,
+        Generation,
+        GenerationChunk,
+        LLMResult,
+    )
+    from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
+    from langchain_core.runnables.config import run_in_executor
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingExtraError("langchain_core", "langchain") from exc
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_MODELS = ["smollm2", "gemma3-270m"]
+# Call-time keyword arguments that override a field for one call (llm.invoke(p, temperature=0.7)).
+CALL_OVERRIDES = ("max_new_chars", "temperature", "top_p", "seed")
+
+
+def _build_ensemble(members: list[Any], weights: list[float] | None, mode: str, rule: str) -> Any:
+    """One Ensemble per call (cheap). Tests without torch models may replace this function."""
+    from chared_flows.decoding import Ensemble
+
+    return Ensemble(members, weights=weights, mode=mode, rule=rule)
+
+
+def _load_member(spec: str, chat: bool) -> Any:
+    from chared_flows.decoding import Member
+
+    return Member.load(spec, chat=chat)
+
+
+def merge_stops(configured: Sequence[str] | None, call: Sequence[str] | None) -> list[str] | None:
+    """Configured stops first, then the call's, without duplicates; None when there are none."""
+    merged: list[str] = []
+    for s in [*(configured or []), *(call or [])]:
+        if s not in merged:
+            merged.append(s)
+    return merged or None
+
+
+class CharEDParams(BaseModel):
+    """Every parameter that changes CharED's output; shared by the LLM and the chat model."""
+
+    models: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_MODELS),
+        min_length=1,
+        description="member specs: 'smollm2', 'gemma3-270m', a local HF dir, a hub id or a .gguf path",
+    )
+    weights: list[float] | None = Field(default=None, description="one weight per member; None = uniform")
+    mode: str = "chared"
+    rule: str = "mixture"
+    chat: bool | None = Field(
+        default=None,
+        description="render the prompt with each member's chat template (None: False, or keep the "
+        "setting of preloaded members)",
+    )
+    max_new_chars: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    # Already loaded Member objects, used instead of loading `models` (tests, custom models).
+    # Excluded from serialisation; their names replace `models` in the identifying params.
+    preloaded_members: list[Any] | None = Field(default=None, exclude=True, repr=False)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_non_negative(cls, weights: list[float] | None) -> list[float] | None:
+        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
+            raise ValueError(f"weights {weights} must be non-negative with a positive sum")
+        return weights
+
+    # --- what a call decodes with ---------------------------------------
+
+    def member_names(self) -> list[str]:
+        if self.preloaded_members is not None:
+            return [m.name for m in self.preloaded_members]
+        return list(self.models)
+
+    def identifying_params(self) -> dict[str, Any]:
+        return {
+            "models": self.member_names(),
+            "weights": self.weights,
+            "mode": self.mode,
+            "rule": self.rule,
+            "chat": bool(self.chat),
+            "max_new_chars": self.max_new_chars,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+    def ensemble(self) -> Any:
+        members = self._members()
+        if self.weights is not None and len(self.weights) != len(members):
+            raise ConfigError(
+                f"{len(self.weights)} weights for {len(members)} members ({', '.join(self.member_names())}); "
+                "give exactly one weight per member"
+            )
+        return _build_ensemble(members, self.weights, self.mode, self.rule)
+
+    def _members(self) -> list[Any]:
+        if self.preloaded_members is not None:
+            if self.chat is None:
+                return list(self.preloaded_members)
+            return [m.with_chat(self.chat) for m in self.preloaded_members]
+        return [_load_member(spec, bool(self.chat)) for spec in self.models]
+
+    def decode_kwargs(self, stop: Sequence[str] | None, call_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for Ensemble.generate/stream: fields, then per-call overrides."""
+        unknown = sorted(k for k in call_kwargs if k not in CALL_OVERRIDES and not k.startswith("ls_"))
+        if unknown:
+            raise ConfigError(
+                f"unknown call-time option(s) {', '.join(unknown)}; per call you may set: "
+                f"{', '.join(CALL_OVERRIDES)} and stop"
+            )
+        out = {
+            "max_new_chars": self.max_new_chars,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": merge_stops(self.stop, stop),
+        }
+        out.update({k: v for k, v in call_kwargs.items() if k in CALL_OVERRIDES})
+        return out
+
+
+def generation_info(result: Any) -> dict[str, Any]:
+    """The parts of a GenerationResult worth keeping in LangChain's generation_info."""
+    stats = result.stats
+    return {
+        "finish_reason": result.finish_reason,
+        "chars": stats.chars,
+        "rounds": len(result.rounds),
+        "wall_time_s": stats.wall_time_s,
+        "forward_passes": dict(stats.forward_passes),
+        "total_forward_passes": stats.total_forward_passes,
+    }
+
+
+def stream_text(
+    params: CharEDParams, prompt: str, stop: Sequence[str] | None, call_kwargs: dict[str, Any]
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """Yield (chunk, None) as text is decided, then ("", generation_info) once at the end."""
+    kwargs = params.decode_kwargs(stop, call_kwargs)
+    ensemble = params.ensemble()
+    streaming = ensemble.start_stream(prompt, **kwargs)
+    for chunk in streaming:
+        if chunk:
+            yield chunk, None
+    yield "", generation_info(streaming.result)
+
+
+class CharEDLLM(CharEDParams, BaseLLM):
+    """Character-wise ensemble decoding of several causal LMs, as a LangChain LLM."""
+
+    # subtle: extra="forbid" so CharEDLLM(wieghts=...) fails instead of silently decoding
+    # with uniform weights; BaseLLM's own config would otherwise ignore unknown keys.
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    @property
+    def _llm_type(self) -> str:
+        return "chared"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self.identifying_params()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "chared"
+        params["ls_model_name"] = kwargs.get("model", "+".join(self.member_names()))
+        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
+        params["ls_max_tokens"] = kwargs.get("max_new_chars", self.max_new_chars)
+        return params
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            if run_manager is not None and run_manager.handlers:
+                # someone listens for tokens: decode through the stream so they see each chunk
+                text, info = self._collect(self._stream(prompt, stop, run_manager, **kwargs))
+            else:
+                result = self.ensemble().generate(prompt, **self.decode_kwargs(stop, kwargs))
+                text, info = result.text, generation_info(result)
+            generations.append([Generation(text=text, generation_info=info)])
+        return LLMResult(generations=generations, llm_output={"model": self.member_names()})
+
+    @staticmethod
+    def _collect(chunks: Iterator[GenerationChunk]) -> tuple[str, dict[str, Any] | None]:
+        text, info = [], None
+        for chunk in chunks:
+            text.append(chunk.text)
+            info = chunk.generation_info or info
+        return "".join(text), info
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        for text, info in stream_text(self, prompt, stop, kwargs):
+            chunk = GenerationChunk(text=text, generation_info=info)
+            if run_manager is not None and text:
+                run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        # Decoding is CPU-bound torch work: each step runs in a worker thread so the event
+        # loop stays free; the callback is awaited on the loop, not from the worker.
+        iterator = stream_text(self, prompt, stop, kwargs)
+        done = object()
+        while True:
+            item = await run_in_executor(None, next, iterator, done)
+            if item is done:
+                break
+            text, info = item
+            chunk = GenerationChunk(text=text, generation_info=info)
+            if run_manager is not None and text:
+                await run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+
+
+# --- chat --------------------------------------------------------------------
+
+
+def messages_to_prompt(messages: Sequence[BaseMessage]) -> str:
+    """The single user turn the engine renders with each member's chat template.
+
+    System messages are folded into the user turn (as Gemma's own template does). A
+    conversation with earlier assistant turns needs per-member multi-turn rendering,
+    which the engine does not offer yet, so it is refused rather than flattened.
+    """
+    system, user = [], []
+    for message in messages:
+        role = message.type
+        if role == "system":
+            system.append(message.text)
+        elif role == "human":
+            user.append(message.text)
+        else:
+            raise ConfigError(
+                f"ChatCharED takes system and user messages only, got a {role!r} message; "
+                "multi-turn chats need an engine hook for per-member chat rendering"
+            )
+    if not user:
+        raise ConfigError("ChatCharED needs at least one user (human) message")
+    return "\n\n".join([*system, *user])
+
+
+class ChatCharED(CharEDParams, BaseChatModel):
+    """CharED as a chat model: each member renders the conversation with its own chat template."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
+
+    chat: bool | None = True
+    # LangChain's standard chat-model parameters. `max_tokens` is an alias of
+    # max_new_chars: CharED counts characters, there is no single tokenizer to count in.
+    max_new_chars: int = Field(default=256, ge=1, alias="max_tokens")
+    timeout: float | None = Field(default=None, gt=0, description="seconds; decoding stops there (finish_reason 'timeout')")
+    max_retries: int = Field(default=0, ge=0, description="accepted for compatibility: local decoding has nothing to retry")
+    streaming: bool = False
+
+    def as_llm(self) -> CharEDLLM:
+        """The equivalent CharEDLLM (same members, weights and decoding parameters)."""
+        fields = {name: getattr(self, name) for name in CharEDParams.model_fields}
+        return CharEDLLM(**fields)
+
+    @property
+    def _llm_type(self) -> str:
+        return "chared-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self.identifying_params()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="chared",
+            ls_model_name=kwargs.get("model", "+".join(self.member_names())),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_new_chars", self.max_new_chars),
+        )
+        stops = merge_stops(self.stop, stop)
+        if stops:
+            params["ls_stop"] = stops
+        return params
+
+    def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]):
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        for text, info in stream_text(self, messages_to_prompt(messages), stop, kwargs):
+            if deadline is not None and info is None and time.monotonic() > deadline:
+                yield text, {"finish_reason": "timeout"}
+                return
+            yield text, info
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text, info = [], {}
+        for piece, piece_info in self._chunks(messages, stop, kwargs):
+            text.append(piece)
+            info = piece_info or info
+        message = AIMessage(content="".join(text), response_metadata={"model_name": "+".join(self.member_names()), **info})
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for text, info in self._chunks(messages, stop, kwargs):
+            metadata = {} if info is None else {"model_name": "+".join(self.member_names()), **info}
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=metadata))
+            if run_manager is not None and text:
+                run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+
+
+# --- helpers for the workflow runner ------------------------------------------
+
+
+def llm_for_variant(variant: Any, **overrides: Any) -> CharEDLLM:
+    """A CharEDLLM for a records.VariantSpec (members, weights, mode, rule, decoding params)."""
+    return CharEDLLM(
+        models=list(variant.members),
+        weights=None if variant.weights is None else list(variant.weights),
+        mode=variant.mode,
+        rule=variant.rule,
+        **{**variant.decoding, **overrides},
+    )
+
+
+def build_chain(render: Callable[[dict[str, Any]], str], llm: Runnable, parse: Callable[[str], Any]) -> Runnable:
+    """`template | llm | parser`, keeping the raw output: invoke(inputs) -> {"output", "parsed"}."""
+    return (
+        RunnableLambda(render, name="template")
+        | llm
+        | RunnableParallel(output=RunnablePassthrough(), parsed=RunnableLambda(parse, name="parser"))
+    )
+
+
+class GenerationInfoCollector(BaseCallbackHandler):
+    """Keeps the generation_info of the last LLM call (finish reason, forward passes, timing)."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        if response.generations and response.generations[0]:
+            self.info = dict(response.generations[0][0].generation_info or {})

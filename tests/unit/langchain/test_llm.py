@@ -1,0 +1,192 @@
+"""CharEDLLM on a fake ensemble: invoke, stream + callbacks, batch, async, stop, configurable fields."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import PromptTemplate
+from langchain_core.runnables import ConfigurableField
+from pydantic import ValidationError
+
+from chared_flows.errors import ConfigError
+from chared_flows.integrations.langchain import CharEDLLM, merge_stops
+
+from lc_fakes import script_for
+
+
+class TokenCollector(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.ended = 0
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+    def on_llm_end(self, response, **kwargs: Any) -> None:
+        self.ended += 1
+
+
+class AsyncTokenCollector(AsyncCallbackHandler):
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+def test_unknown_field_is_rejected_not_dropped() -> None:
+    with pytest.raises(ValidationError, match="bogus"):
+        CharEDLLM(bogus=1)
+    with pytest.raises(ValidationError, match="wieghts"):
+        CharEDLLM(wieghts=[0.5, 0.5])
+
+
+def test_bad_values_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        CharEDLLM(weights=[-1.0, 2.0])
+    with pytest.raises(ValidationError):
+        CharEDLLM(top_p=0.0)
+    with pytest.raises(ValidationError):
+        CharEDLLM(models=[])
+
+
+def test_invoke_decodes_with_configured_params(fake_engine) -> None:
+    llm = CharEDLLM(models=["a", "b"], weights=[0.7, 0.3], temperature=0.0, max_new_chars=500)
+    assert llm.invoke("hi") == script_for("hi", [0.7, 0.3], 0.0)
+    call = fake_engine.calls[-1]
+    assert call["max_new_chars"] == 500 and call["stop"] is None and call["chat"] == [False, False]
+    assert fake_engine.loads == [("a", False), ("b", False)]  # lazily, on the first call
+
+
+def test_members_are_loaded_lazily(fake_engine) -> None:
+    CharEDLLM(models=["a", "b"])
+    assert fake_engine.loads == []
+
+
+def test_weight_count_mismatch_is_a_clear_error(fake_engine) -> None:
+    with pytest.raises(ConfigError, match="3 weights for 2 members"):
+        CharEDLLM(models=["a", "b"], weights=[0.2, 0.3, 0.5]).invoke("x")
+
+
+def test_call_stop_is_merged_with_configured_stop(fake_engine) -> None:
+    llm = CharEDLLM(models=["a"], stop=["\nQ:"])
+    assert llm.invoke("p") == "[p|w=uniform|t=0] The answer is 5."
+    assert fake_engine.calls[-1]["stop"] == ["\nQ:"]
+    assert llm.invoke("p", stop=["answer", "\nQ:"]) == "[p|w=uniform|t=0] The "
+    assert fake_engine.calls[-1]["stop"] == ["\nQ:", "answer"]
+    assert merge_stops(None, None) is None
+    assert merge_stops(["a"], ["b", "a"]) == ["a", "b"]
+
+
+def test_call_time_overrides_and_unknown_call_options(fake_engine) -> None:
+    llm = CharEDLLM(models=["a"])
+    assert llm.invoke("p", temperature=0.5, seed=3).startswith("[p|w=uniform|t=0.5]")
+    assert fake_engine.calls[-1]["seed"] == 3
+    with pytest.raises(ConfigError, match="unknown call-time option"):
+        llm.invoke("p", temprature=0.5)
+
+
+def test_stream_yields_chunks_and_callbacks_see_every_one(fake_engine) -> None:
+    llm = CharEDLLM(models=["a", "b"])
+    collector = TokenCollector()
+    chunks = list(llm.stream("s", config={"callbacks": [collector]}))
+    expected = script_for("s", None, 0.0)
+    assert len([c for c in chunks if c]) > 3  # really streamed, not one blob
+    assert "".join(chunks) == expected
+    assert collector.tokens == [c for c in chunks if c]
+    assert collector.ended == 1
+
+
+def test_invoke_with_a_listener_streams_tokens_and_keeps_generation_info(fake_engine) -> None:
+    llm = CharEDLLM(models=["a", "b"], max_new_chars=10)
+    collector = TokenCollector()
+    result = llm.generate(["p"], callbacks=[collector])
+    generation = result.generations[0][0]
+    assert generation.text == script_for("p", None, 0.0)[:10]
+    assert "".join(collector.tokens) == generation.text
+    assert generation.generation_info["finish_reason"] == "length"
+    assert generation.generation_info["total_forward_passes"] == 6
+    assert generation.generation_info["forward_passes"] == {"a": 3, "b": 3}
+
+
+def test_generate_without_listener_reports_engine_info(fake_engine) -> None:
+    result = CharEDLLM(models=["a"], stop=["\n"]).generate(["p", "q"])
+    assert [g[0].text for g in result.generations] == [
+        script_for("p", None, 0.0).split("\n")[0],
+        script_for("q", None, 0.0).split("\n")[0],
+    ]
+    assert result.generations[0][0].generation_info["finish_reason"] == "stop"
+
+
+def test_batch_keeps_order_and_runs_concurrently(fake_engine) -> None:
+    llm = CharEDLLM(models=["a", "b"])
+    prompts = [f"p{i}" for i in range(8)]
+    outputs = llm.batch(prompts, config={"max_concurrency": 4})
+    assert outputs == [script_for(p, None, 0.0) for p in prompts]
+    assert len(fake_engine.calls) == 8
+
+
+def test_ainvoke_and_astream_with_async_callbacks(fake_engine) -> None:
+    llm = CharEDLLM(models=["a"], temperature=0.2)
+    collector = AsyncTokenCollector()
+
+    async def run() -> tuple[str, list[str]]:
+        text = await llm.ainvoke("x")
+        chunks = [c async for c in llm.astream("y", config={"callbacks": [collector]})]
+        return text, chunks
+
+    text, chunks = asyncio.run(run())
+    assert text == script_for("x", None, 0.2)
+    assert "".join(chunks) == script_for("y", None, 0.2)
+    assert collector.tokens == [c for c in chunks if c] and len(collector.tokens) > 3
+
+
+def test_configurable_weights_and_temperature(fake_engine) -> None:
+    llm = CharEDLLM(models=["a", "b"], weights=[0.5, 0.5]).configurable_fields(
+        weights=ConfigurableField(id="weights"),
+        temperature=ConfigurableField(id="temperature"),
+    )
+    assert llm.invoke("p") == script_for("p", [0.5, 0.5], 0.0)
+    tuned = llm.with_config(configurable={"weights": [0.9, 0.1], "temperature": 0.7})
+    assert tuned.invoke("p") == script_for("p", [0.9, 0.1], 0.7)
+    assert llm.invoke("p") == script_for("p", [0.5, 0.5], 0.0)  # the original is unchanged
+
+
+def test_identifying_params_hold_everything_that_changes_output() -> None:
+    llm = CharEDLLM(models=["a", "b"], weights=[0.6, 0.4], mode="chared", rule="mixture",
+                    max_new_chars=7, temperature=0.3, top_p=0.9, seed=11, stop=["\n"], chat=True)
+    params = llm._identifying_params
+    assert params == {
+        "models": ["a", "b"], "weights": [0.6, 0.4], "mode": "chared", "rule": "mixture", "chat": True,
+        "max_new_chars": 7, "temperature": 0.3, "top_p": 0.9, "seed": 11, "stop": ["\n"],
+    }
+    assert llm._llm_type == "chared"
+    # the LLM cache key differs when any of them differs
+    other = CharEDLLM(models=["a", "b"], weights=[0.5, 0.5])
+    assert llm.asdict() != other.asdict() and llm.asdict()["weights"] == [0.6, 0.4]
+
+
+def test_preloaded_members_are_used_and_named(fake_engine) -> None:
+    from lc_fakes import FakeMember
+
+    llm = CharEDLLM(preloaded_members=[FakeMember("x"), FakeMember("y", chat=True)])
+    assert llm._identifying_params["models"] == ["x", "y"]
+    llm.invoke("p")
+    assert fake_engine.loads == []
+    assert fake_engine.calls[-1]["chat"] == [False, True]  # chat=None keeps their own setting
+    CharEDLLM(preloaded_members=[FakeMember("x")], chat=True).invoke("p")
+    assert fake_engine.calls[-1]["chat"] == [True]
+
+
+def test_prompt_llm_parser_chain_with_invoke_stream_batch_ainvoke(fake_engine) -> None:
+    chain = PromptTemplate.from_template("Q: {q}\nA:") | CharEDLLM(models=["a"], stop=["\nQ:"]) | StrOutputParser()
+    expected = lambda q: script_for(f"Q: {q}\nA:", None, 0.0).split("\nQ:")[0]  # noqa: E731
+    assert chain.invoke({"q": "2+3"}) == expected("2+3")
+    chunks = list(chain.stream({"q": "1"}))
+    assert len(chunks) > 1 and "".join(chunks) == expected("1")
+    assert chain.batch([{"q": "a"}, {"q": "b"}]) == [expected("a"), expected("b")]
+    assert asyncio.run(chain.ainvoke({"q": "z"})) == expected("z")
