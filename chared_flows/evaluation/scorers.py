@@ -1,0 +1,113 @@
+"""Scorers, registered by name: numeric_exact_match, pass_at_1, latency, bits_per_char.
+
+A scorer sees the sample, the output text and the parsed output, nothing else.
+Timing and model-side numbers are not in the output, so they come from the
+`SampleRecord` instead (`record_metrics`): the `latency` and `bits_per_char`
+scorers only declare that the run wants those numbers reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from chared_flows.evaluation.base import Sample, register_scorer
+from chared_flows.evaluation.sandbox import Limits, run_python
+from chared_flows.records import SampleRecord
+
+# A number as people write it: -1,234.50  $12  3/4 is not handled (GSM8K has none).
+_NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_number(text: str) -> str | None:
+    """The answer number in a model output: after '####' or 'answer is' if present, else the last one."""
+    if text is None:
+        return None
+    for marker in ("####", "answer is", "Answer:", "answer:"):
+        if marker in text:
+            found = _NUMBER.findall(text.rsplit(marker, 1)[1])
+            if found:
+                return normalize_number(found[0])
+    found = _NUMBER.findall(text)
+    return normalize_number(found[-1]) if found else None
+
+
+def normalize_number(raw: str) -> str | None:
+    cleaned = raw.replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
+    try:
+        value = float(cleaned)
+    except ValueError:
+        return None
+    # "18.00" and "18" are the same answer; keep integers integral.
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+@dataclass
+class NumericExactMatch:
+    name: str = "numeric_exact_match"
+
+    def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
+        got = normalize_number(str(parsed)) if parsed not in (None, "") else extract_number(output)
+        want = normalize_number(str(sample.reference))
+        return {"exact_match": float(got is not None and got == want)}
+
+
+@dataclass
+class PassAt1:
+    """HumanEval: prompt + completion + tests + check(entry_point) in the sandbox."""
+
+    timeout_s: float = 10.0
+    name: str = "pass_at_1"
+
+    def program(self, sample: Sample, output: str) -> str:
+        ref = sample.reference
+        return (
+            sample.inputs["prompt"] + output + "\n\n" + ref["test"] + "\n" + f"check({ref['entry_point']})\n"
+        )
+
+    def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
+        result = run_python(self.program(sample, output), Limits(timeout_s=self.timeout_s))
+        return {"pass_at_1": float(result.passed)}
+
+
+@dataclass
+class RecordField:
+    """Declares a number taken from the SampleRecord, not from the output."""
+
+    name: str
+    fields: tuple[str, ...] = ()
+
+    def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
+        return {}
+
+
+@register_scorer("numeric_exact_match")
+def _numeric_exact_match() -> NumericExactMatch:
+    return NumericExactMatch()
+
+
+@register_scorer("pass_at_1")
+def _pass_at_1(timeout_s: float = 10.0) -> PassAt1:
+    return PassAt1(timeout_s=timeout_s)
+
+
+@register_scorer("latency")
+def _latency() -> RecordField:
+    return RecordField("latency", ("latency_s", "chars_per_s", "forward_passes"))
+
+
+@register_scorer("bits_per_char")
+def _bits_per_char() -> RecordField:
+    # The runner computes it with the model (scoring mode) into record.scores["bits_per_char"].
+    return RecordField("bits_per_char", ())
+
+
+def record_metrics(record: SampleRecord) -> dict[str, float]:
+    """Every number of one record: its scores plus latency, chars/s and forward passes."""
+    return {
+        **record.scores,
+        "latency_s": float(record.latency_s),
+        "chars_per_s": float(record.chars_per_s),
+        "forward_passes": float(record.forward_passes),
+    }
