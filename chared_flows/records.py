@@ -54,6 +54,8 @@ class SampleRecord:
     scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     timestamp: float = field(default_factory=time.time)
+    # The dataset sample's domain ("math", "code", a text file's name): groups reports.
+    domain: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
