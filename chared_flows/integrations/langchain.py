@@ -180,10 +180,21 @@ def stream_text(
     kwargs = params.decode_kwargs(stop, call_kwargs)
     ensemble = params.ensemble()
     streaming = ensemble.start_stream(prompt, **kwargs)
+    # subtle: each chunk is held back until the next one arrives, and the last one is
+    # replaced by what the final result says is left. The engine's final flush has been
+    # seen to include the matched stop string, which `generate` (rightly) strips; this
+    # keeps stream and invoke identical whatever the engine's last chunk holds.
+    emitted, pending = 0, ""
     for chunk in streaming:
-        if chunk:
-            yield chunk, None
-    yield "", generation_info(streaming.result)
+        if pending:
+            yield pending, None
+            emitted += len(pending)
+        pending = chunk
+    result = streaming.result
+    tail = result.text[emitted:]
+    if tail:
+        yield tail, None
+    yield "", generation_info(result)
 
 
 class CharEDLLM(CharEDParams, BaseLLM):

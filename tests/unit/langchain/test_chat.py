@@ -8,7 +8,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from chared_flows.errors import ConfigError
 from chared_flows.integrations.langchain import ChatCharED, CharEDLLM
-from lc_fakes import script_for
+from tests.unit.langchain.lc_fakes import script_for
 
 
 class TestChatCharEDStandard(ChatModelUnitTests):

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from chared_flows.errors import ConfigError
 from chared_flows.integrations.langchain import CharEDLLM, merge_stops
 
-from lc_fakes import script_for
+from tests.unit.langchain.lc_fakes import script_for
 
 
 class TokenCollector(BaseCallbackHandler):
@@ -171,7 +171,7 @@ def test_identifying_params_hold_everything_that_changes_output() -> None:
 
 
 def test_preloaded_members_are_used_and_named(fake_engine) -> None:
-    from lc_fakes import FakeMember
+    from tests.unit.langchain.lc_fakes import FakeMember
 
     llm = CharEDLLM(preloaded_members=[FakeMember("x"), FakeMember("y", chat=True)])
     assert llm._identifying_params["models"] == ["x", "y"]
@@ -190,3 +190,15 @@ def test_prompt_llm_parser_chain_with_invoke_stream_batch_ainvoke(fake_engine) -
     assert len(chunks) > 1 and "".join(chunks) == expected("1")
     assert chain.batch([{"q": "a"}, {"q": "b"}]) == [expected("a"), expected("b")]
     assert asyncio.run(chain.ainvoke({"q": "z"})) == expected("z")
+
+
+def test_real_engine_stream_equals_invoke_and_never_shows_the_stop_string() -> None:
+    from tests.fixtures.tiny import scripted_member
+
+    llm = CharEDLLM(preloaded_members=[scripted_member("The answer is 5.\nQ: next", name="s")], stop=["\nQ:"])
+    collector = TokenCollector()
+    chunks = list(llm.stream("Q: 2+3\nA:", config={"callbacks": [collector]}))
+    assert llm.invoke("Q: 2+3\nA:") == "".join(chunks) == "The answer is 5."
+    assert "".join(collector.tokens) == "The answer is 5."
+    info = llm.generate(["x"]).generations[0][0].generation_info
+    assert info["finish_reason"] == "stop" and info["forward_passes"] == {"s": info["total_forward_passes"]}

@@ -1,0 +1,267 @@
+"""Run a resolved workflow: every (variant, sample) pair through `template | llm | parser`.
+
+Results go to `<out>/<run_id>/records.jsonl`, one SampleRecord per line, appended as each
+pair finishes; `run.json` holds the RunRecord and the workflow's hash. Running again with
+the same run id skips the pairs already in the file, so an interrupted run resumes where it
+stopped. A run id cannot be reused for a different workflow or template version: mixing
+their records would make the comparison meaningless, so that is an error.
+
+Sinks (trackers) subscribe through three hooks, the same as tracking's Tracker protocol:
+on_run_start(RunRecord), on_record(SampleRecord), on_run_end(RunRecord, summary, artifacts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from tqdm import tqdm
+
+import chared_flows
+from chared_flows.errors import CharedError, WorkflowError
+from chared_flows.evaluation.base import Sample, load_dataset
+from chared_flows.flow.loader import ResolvedWorkflow
+from chared_flows.records import RunRecord, SampleRecord, VariantSpec
+
+RECORDS_FILE = "records.jsonl"
+RUN_FILE = "run.json"
+
+
+class RunSink(Protocol):
+    def on_run_start(self, run: RunRecord) -> None: ...
+
+    def on_record(self, record: SampleRecord) -> None: ...
+
+    def on_run_end(self, run: RunRecord, summary: dict[str, Any], artifacts: list[Path]) -> None: ...
+
+
+LLMFactory = Callable[[VariantSpec], Any]
+
+
+def default_llm_factory(variant: VariantSpec) -> Any:
+    from chared_flows.integrations.langchain import llm_for_variant  # needs the langchain extra
+
+    return llm_for_variant(variant)
+
+
+def new_run_id(workflow: str) -> str:
+    return f"{workflow}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class ResultsFile:
+    """The append-only JSONL file of one run's records."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[SampleRecord]:
+        if not self.path.is_file():
+            return []
+        records = []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(SampleRecord.from_dict(json.loads(line)))
+            except json.JSONDecodeError:
+                # subtle: a run killed mid-write leaves a torn last line; that pair simply reruns
+                if number != len(lines):
+                    raise WorkflowError(f"{self.path}:{number}: corrupt record line; delete it to rerun that pair") from None
+        return records
+
+    def finished_pairs(self) -> set[tuple[str, str]]:
+        """(sample_id, variant) pairs with a record and no error (errored pairs are retried)."""
+        return {(r.sample_id, r.variant) for r in self.read() if r.error is None}
+
+    def append(self, record: SampleRecord) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record.to_dict(), ensure_ascii=False, default=str)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+
+
+class WorkflowRunner:
+    def __init__(
+        self,
+        workflow: ResolvedWorkflow,
+        *,
+        out_dir: Path | str = "runs",
+        run_id: str | None = None,
+        limit: int | None = None,
+        sinks: Iterable[RunSink] = (),
+        llm_factory: LLMFactory = default_llm_factory,
+        progress: bool = True,
+    ):
+        self.workflow = workflow
+        self.run_id = run_id or new_run_id(workflow.spec.name)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_id):
+            raise WorkflowError(f"run id {self.run_id!r} may use only letters, digits, '_', '.', '-'")
+        self.run_dir = Path(out_dir) / self.run_id
+        self.results = ResultsFile(self.run_dir / RECORDS_FILE)
+        self.limit = limit
+        self.sinks = list(sinks)
+        self.llm_factory = llm_factory
+        self.progress = progress
+
+    # --- setup -----------------------------------------------------------
+
+    def load_samples(self) -> list[Sample]:
+        samples = load_dataset(self.workflow.spec.dataset)
+        if self.limit is not None:
+            samples = samples[: self.limit]
+        ids = [s.id for s in samples]
+        if len(set(ids)) != len(ids):
+            raise WorkflowError("the dataset has repeated sample ids; resuming needs unique ids")
+        return samples
+
+    def run_record(self) -> RunRecord:
+        spec, template = self.workflow.spec, self.workflow.template
+        return RunRecord(
+            run_id=self.run_id,
+            workflow=spec.name,
+            workflow_version=spec.version,
+            template=template.name,
+            template_version=template.version,
+            template_hash=template.content_hash,
+            dataset=json.dumps(spec.dataset, sort_keys=True, default=str),
+            variants=list(self.workflow.variants),
+            package_version=chared_flows.__version__,
+            git_commit=_git_commit(),
+        )
+
+    def _claim_run_dir(self, run: RunRecord) -> None:
+        """Write run.json, or check that an existing one describes the same workflow."""
+        path = self.run_dir / RUN_FILE
+        identity = {
+            "workflow_hash": self.workflow.content_hash,
+            "template_hash": run.template_hash,
+            "workflow": f"{run.workflow} v{run.workflow_version}",
+            "template": f"{run.template}@{run.template_version}",
+        }
+        if path.is_file():
+            before = json.loads(path.read_text(encoding="utf-8"))
+            changed = [k for k in ("workflow_hash", "template_hash") if before.get(k) != identity[k]]
+            if changed:
+                raise WorkflowError(
+                    f"run {self.run_id!r} in {self.run_dir} was started with {before.get('workflow')} / "
+                    f"{before.get('template')} and different content ({', '.join(changed)} differ); "
+                    "resume it with the same files, or start a new run with another --run-id"
+                )
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**identity, "run": run.to_dict()}, indent=2, default=str) + "\n", encoding="utf-8")
+
+    # --- the run ---------------------------------------------------------
+
+    def run(self) -> Iterator[SampleRecord]:
+        """Yield each new record as it finishes (already finished pairs are skipped)."""
+        samples = self.load_samples()
+        run = self.run_record()
+        self._claim_run_dir(run)
+        done = self.results.finished_pairs()
+        todo = [(v, s) for v in self.workflow.variants for s in samples if (s.id, v.name) not in done]
+        self._notify("on_run_start", run)
+        bar = tqdm(total=len(todo), desc=self.run_id, unit="sample", disable=not self.progress, leave=False)
+        try:
+            chains: dict[str, Any] = {}
+            for variant, sample in todo:
+                if variant.name not in chains:
+                    chains[variant.name] = self._chain_for(variant)
+                record = self._run_one(chains[variant.name], variant, sample)
+                self.results.append(record)
+                self._notify("on_record", record)
+                bar.update(1)
+                bar.set_postfix_str(variant.name, refresh=False)
+                yield record
+        finally:
+            bar.close()
+        run.finished_at = time.time()
+        all_records = self.results.read()
+        self._notify("on_run_end", run, summarize(all_records), [self.results.path, self.run_dir / RUN_FILE])
+
+    def run_all(self) -> list[SampleRecord]:
+        return list(self.run())
+
+    def _chain_for(self, variant: VariantSpec) -> Any:
+        from chared_flows.integrations.langchain import build_chain
+
+        return build_chain(self.workflow.template.render, self.llm_factory(variant), self.workflow.parser)
+
+    def _run_one(self, chain: Any, variant: VariantSpec, sample: Sample) -> SampleRecord:
+        from chared_flows.integrations.langchain import GenerationInfoCollector
+
+        record = self._blank_record(variant, sample)
+        collector = GenerationInfoCollector()
+        started = time.perf_counter()
+        try:
+            result = chain.invoke(sample.inputs, config={"callbacks": [collector], "run_name": variant.name})
+        except CharedError as exc:  # a user-visible problem with this sample: keep it, go on
+            record.error = f"{type(exc).__name__}: {exc}"
+            record.latency_s = time.perf_counter() - started
+            return record
+        record.latency_s = time.perf_counter() - started
+        record.output, record.parsed = result["output"], result["parsed"]
+        info = collector.info
+        record.finish_reason = str(info.get("finish_reason", ""))
+        record.forward_passes = int(info.get("total_forward_passes", 0))
+        decode_s = float(info.get("wall_time_s") or record.latency_s)
+        record.chars_per_s = len(record.output) / decode_s if decode_s > 0 else 0.0
+        for scorer in self.workflow.scorers:
+            record.scores.update(scorer.score(sample, record.output, record.parsed))
+        return record
+
+    def _blank_record(self, variant: VariantSpec, sample: Sample) -> SampleRecord:
+        spec, template = self.workflow.spec, self.workflow.template
+        return SampleRecord(
+            run_id=self.run_id,
+            workflow=spec.name,
+            workflow_version=spec.version,
+            template=template.name,
+            template_version=template.version,
+            template_hash=template.content_hash,
+            variant=variant.name,
+            sample_id=sample.id,
+            inputs=dict(sample.inputs),
+            output="",
+            reference=sample.reference,
+        )
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for sink in self.sinks:
+            getattr(sink, hook)(*args)
+
+
+def summarize(records: list[SampleRecord]) -> dict[str, Any]:
+    """Per variant: sample count, error count, mean of each score, mean latency."""
+    by_variant: dict[str, list[SampleRecord]] = {}
+    for record in records:
+        by_variant.setdefault(record.variant, []).append(record)
+    summary: dict[str, Any] = {}
+    for variant, rows in by_variant.items():
+        ok = [r for r in rows if r.error is None]
+        entry: dict[str, float] = {"n": float(len(rows)), "errors": float(len(rows) - len(ok))}
+        metrics = sorted({k for r in ok for k in r.scores})
+        for metric in metrics:
+            values = [r.scores[metric] for r in ok if metric in r.scores]
+            entry[metric] = sum(values) / len(values)
+        if ok:
+            entry["latency_s"] = sum(r.latency_s for r in ok) / len(ok)
+        summary[variant] = entry
+    return summary
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""

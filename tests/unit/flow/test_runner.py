@@ -1,0 +1,168 @@
+"""The workflow runner on the real engine with scripted members (no model weights)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chared_flows.errors import WorkflowError
+from chared_flows.evaluation import base as evaluation
+from chared_flows.flow.loader import WorkflowStore
+from chared_flows.flow.runner import WorkflowRunner
+from chared_flows.integrations.langchain import CharEDLLM
+from chared_flows.prompts import TemplateStore
+from chared_flows.records import VariantSpec
+from tests.fixtures.tiny import scripted_member
+
+WORKFLOW = """\
+name: demo
+version: 2
+template: qa@1
+dataset:
+  kind: inline
+  samples:
+    - {id: s1, inputs: {question: "2+3"}, reference: 5}
+    - {id: s2, inputs: {question: "1+1"}, reference: 2}
+    - {id: s3, inputs: {question: "4+4"}, reference: 8}
+parser: number
+scorers: [exact]
+decoding: {max_new_chars: 60, stop: ["\\n"]}
+variants:
+  - name: five
+    models: [says_five]
+  - name: pair
+    models: [says_five, says_two]
+    weights_sweep: [0.25, 0.75]
+"""
+
+SCRIPTS = {"says_five": "The answer is 5.\nignored", "says_two": "The answer is 2.\nignored"}
+
+
+class Exact:
+    name = "exact"
+
+    def score(self, sample, output, parsed) -> dict[str, float]:
+        return {"exact": float(parsed == sample.reference)}
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_run_start(self, run) -> None:
+        self.events.append(("start", run))
+
+    def on_record(self, record) -> None:
+        self.events.append(("record", record))
+
+    def on_run_end(self, run, summary, artifacts) -> None:
+        self.events.append(("end", (run, summary, artifacts)))
+
+
+def scripted_llm(variant: VariantSpec) -> CharEDLLM:
+    members = [scripted_member(SCRIPTS[m], name=m) for m in variant.members]
+    return CharEDLLM(
+        preloaded_members=members,
+        weights=None if variant.weights is None else list(variant.weights),
+        mode=variant.mode,
+        rule=variant.rule,
+        **variant.decoding,
+    )
+
+
+@pytest.fixture(autouse=True)
+def exact_scorer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(evaluation._SCORERS, "exact", lambda **_: Exact())
+
+
+@pytest.fixture
+def workflow_store(tmp_path: Path) -> WorkflowStore:
+    (tmp_path / "templates" / "qa").mkdir(parents=True)
+    (tmp_path / "templates" / "qa" / "v1.yaml").write_text(
+        "name: qa\nversion: 1\ninput_variables: [question]\ntemplate: 'Q: {question}\\nA:'\n"
+    )
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "demo.yaml").write_text(WORKFLOW)
+    return WorkflowStore(tmp_path / "workflows", TemplateStore(tmp_path / "templates"))
+
+
+def runner(store: WorkflowStore, out: Path, **kwargs: Any) -> WorkflowRunner:
+    return WorkflowRunner(store.resolve("demo"), out_dir=out, run_id="r1", llm_factory=scripted_llm,
+                          progress=False, **kwargs)
+
+
+def test_run_yields_one_scored_record_per_sample_and_variant(workflow_store, tmp_path) -> None:
+    sink = RecordingSink()
+    records = runner(workflow_store, tmp_path / "runs", sinks=[sink]).run_all()
+    assert len(records) == 3 * 3
+    assert {r.variant for r in records} == {"five", "pair-w0.25", "pair-w0.75"}
+    five = [r for r in records if r.variant == "five"]
+    assert [r.output for r in five] == ["The answer is 5."] * 3  # the stop string cut it
+    assert [r.parsed for r in five] == [5, 5, 5]
+    assert [r.scores["exact"] for r in five] == [1.0, 0.0, 0.0]
+    first = five[0]
+    assert first.inputs == {"question": "2+3"} and first.reference == 5
+    assert (first.workflow, first.workflow_version, first.template, first.template_version) == ("demo", 2, "qa", 1)
+    assert first.template_hash.startswith("sha256:")
+    assert first.finish_reason == "stop" and first.forward_passes > 0 and first.latency_s > 0
+    # the sink saw start, each record, end with a summary and the artifact paths
+    kinds = [kind for kind, _ in sink.events]
+    assert kinds == ["start"] + ["record"] * 9 + ["end"]
+    run, summary, artifacts = sink.events[-1][1]
+    assert run.finished_at is not None and summary["five"]["exact"] == pytest.approx(1 / 3)
+    assert all(Path(p).is_file() for p in artifacts)
+
+
+def test_records_are_appended_as_jsonl_and_a_rerun_resumes(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    partial = runner(workflow_store, out).run()
+    first_four = [next(partial) for _ in range(4)]  # then "crash"
+    partial.close()
+    lines = (out / "r1" / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["sample_id"] for line in lines] == [r.sample_id for r in first_four]
+    rest = runner(workflow_store, out).run_all()
+    assert len(rest) == 5
+    done = {(r.sample_id, r.variant) for r in first_four}
+    assert not done & {(r.sample_id, r.variant) for r in rest}
+    assert runner(workflow_store, out).run_all() == []  # all finished: nothing to do
+    assert len((out / "r1" / "records.jsonl").read_text().splitlines()) == 9
+
+
+def test_a_run_id_cannot_be_reused_for_a_changed_workflow(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    runner(workflow_store, out, limit=1).run_all()
+    path = workflow_store.path_of("demo")
+    path.write_text(path.read_text().replace("max_new_chars: 60", "max_new_chars: 61"))
+    with pytest.raises(WorkflowError, match="different content.*another --run-id"):
+        runner(workflow_store, out).run_all()
+
+
+def test_limit_and_torn_last_line(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    records = runner(workflow_store, out, limit=1).run_all()
+    assert len(records) == 3 and {r.sample_id for r in records} == {"s1"}
+    with (out / "r1" / "records.jsonl").open("a") as handle:
+        handle.write('{"run_id": "r1", "sample_')  # killed mid-write
+    assert runner(workflow_store, out, limit=1).run_all() == []
+
+
+def test_errors_on_one_sample_are_recorded_and_retried(workflow_store, tmp_path) -> None:
+    def broken_factory(variant):
+        return CharEDLLM(preloaded_members=[scripted_member("x", name="m")], weights=[0.5, 0.5])  # 2 weights, 1 member
+
+    run = WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="r2",
+                         llm_factory=broken_factory, progress=False, limit=1)
+    records = run.run_all()
+    assert len(records) == 3 and all("2 weights for 1 members" in r.error for r in records)
+    again = WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="r2",
+                           llm_factory=scripted_llm, progress=False, limit=1).run_all()
+    assert len(again) == 3 and all(r.error is None for r in again)
+
+
+def test_bad_run_id_is_rejected(workflow_store, tmp_path) -> None:
+    with pytest.raises(WorkflowError, match="run id"):
+        WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="../escape")
