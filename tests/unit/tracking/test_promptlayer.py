@@ -162,6 +162,18 @@ def test_api_key_is_never_written_anywhere(env, run_record, records, caplog):
         with FakePromptLayer(api_key=KEY) as fake:
             fake.set_mode("500")
             sync_outbox(env, base_url=fake.url)
+        # The same run through MLflow and a report, in the same environment.
+        from chared_flows.evaluation.ab import compare
+        from chared_flows.reports import write_report
+        from chared_flows.tracking.mlflow import MlflowTracker
+
+        report = write_report(records, run_record, compare(records, run_record.variants, resamples=50).to_dict(),
+                              env / "report")
+        run_through_mlflow = MlflowTracker(f"sqlite:///{env}/.chared/mlflow.db")
+        run_through_mlflow.on_run_start(run_record)
+        for record in records:
+            run_through_mlflow.on_record(record)
+        run_through_mlflow.on_run_end(run_record, {}, report)
     assert KEY not in caplog.text
     written = [p for p in env.rglob("*") if p.is_file()]
     assert written, "expected an outbox on disk"
