@@ -1,0 +1,200 @@
+"""A member of an ensemble: tokenizer + byte vocabulary + a model runner, and its per-text session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from chared_flows.decoding.index import PrefixIndex
+from chared_flows.decoding.runner import CachedRunner, TokenRunner
+from chared_flows.decoding.utf8 import split_complete
+from chared_flows.decoding.vocab import ByteVocabulary
+from chared_flows.errors import ConfigError, ContextWindowError
+
+
+@dataclass
+class MemberAssets:
+    """The heavy, shareable part of a member: built once per model, used by many sessions."""
+
+    name: str
+    tokenizer: Any
+    vocab: ByteVocabulary
+    index: PrefixIndex
+    runner_factory: Callable[[], TokenRunner]
+    context_window: int | None = None
+    source: str = ""
+    model: Any = field(default=None, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        tokenizer: Any,
+        runner_factory: Callable[[], TokenRunner],
+        *,
+        num_rows: int | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        context_window: int | None = None,
+        source: str = "",
+        model: Any = None,
+    ) -> "MemberAssets":
+        eos = set(eos_token_ids or [])
+        if getattr(tokenizer, "eos_token_id", None) is not None:
+            eos.add(int(tokenizer.eos_token_id))
+        vocab = ByteVocabulary.from_tokenizer(tokenizer, num_rows=num_rows, eos_token_ids=sorted(eos))
+        return cls(name, tokenizer, vocab, PrefixIndex(vocab), runner_factory, context_window, source, model)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model in an ensemble. Cheap to copy; the assets are shared."""
+
+    assets: MemberAssets
+    chat: bool = False
+
+    @classmethod
+    def load(cls, spec: str, *, chat: bool = False, cache_dir: str | None = None, dtype: str = "float32") -> "Member":
+        """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process)."""
+        from chared_flows.decoding.models import load_assets
+
+        return cls(load_assets(spec, cache_dir=cache_dir, dtype=dtype), chat=chat)
+
+    @classmethod
+    def from_pretrained(cls, model: Any, tokenizer: Any, *, name: str, chat: bool = False) -> "Member":
+        """Wrap an already loaded HF causal LM and its fast tokenizer."""
+        return cls(assets_for_model(name, model, tokenizer), chat=chat)
+
+    @property
+    def name(self) -> str:
+        return self.assets.name
+
+    @property
+    def family(self) -> str:
+        return self.assets.vocab.family
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.assets.tokenizer
+
+    def with_chat(self, chat: bool) -> "Member":
+        return replace(self, chat=chat)
+
+    def render(self, prompt: str) -> tuple[str, bool]:
+        """The member's context text for a prompt, and whether encoding adds special tokens.
+
+        With chat=True and a chat template, the prompt becomes one user turn and
+        the template (which writes BOS itself) opens the assistant turn.
+        """
+        template = getattr(self.tokenizer, "chat_template", None)
+        if self.chat and template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return text, False
+        return prompt, True
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def open_session(self, prompt: str, temperature: float = 1.0) -> "MemberSession":
+        return MemberSession(self, prompt, temperature)
+
+
+def assets_for_model(name: str, model: Any, tokenizer: Any, source: str = "") -> MemberAssets:
+    model.eval()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+    rows = model.get_output_embeddings().weight.shape[0]
+    window = getattr(model.config, "max_position_embeddings", None)
+    return MemberAssets.build(
+        name,
+        tokenizer,
+        lambda: CachedRunner(model),
+        num_rows=rows,
+        eos_token_ids=eos,
+        context_window=window,
+        source=source or name,
+        model=model,
+    )
+
+
+@dataclass
+class RoundState:
+    """A member's view of one round: sorted token probabilities (invalid tokens zeroed) and EOS mass."""
+
+    sorted_probs: np.ndarray
+    eos_mass: float
+
+
+class MemberSession:
+    """One member decoding one text: owns its runner (and so its KV cache)."""
+
+    def __init__(self, member: Member, prompt: str, temperature: float = 1.0):
+        self.member = member
+        self.context_text, self._add_special = member.render(prompt)
+        self.runner = member.assets.runner_factory()
+        self._start_ids = self._start_tokens()
+        self.prompt_tokens = len(self._start_ids) + len(member.encode(self.context_text, self._add_special))
+        self._temperature = temperature if temperature > 0 else 1.0
+        idx = member.assets.index
+        self._sorted_ids = torch.from_numpy(idx.sorted_ids)
+        self._eos_ids = torch.tensor(member.assets.vocab.eos_token_ids, dtype=torch.long)
+
+    def _start_tokens(self) -> list[int]:
+        """[] normally; for a prompt that encodes to nothing, one BOS (or EOS) token to condition on.
+
+        Subtle: tokenizers without a BOS post-processor (SmolLM2) encode "" to
+        no ids at all, and a forward pass needs at least one.
+        """
+        if self.member.encode(self.context_text, self._add_special):
+            return []
+        tok = self.member.tokenizer
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if start is None:
+            raise ConfigError(
+                f"the prompt encodes to no tokens for member {self.member.name!r}, which has no BOS or EOS "
+                "token to start from; give a non-empty prompt"
+            )
+        return [int(start)]
+
+    def check_prompt_fits(self) -> None:
+        window = self.member.assets.context_window
+        if window is not None and self.prompt_tokens >= window:
+            raise ContextWindowError(
+                f"prompt is {self.prompt_tokens} tokens for member {self.member.name!r}, whose context window "
+                f"is {window}: {self.prompt_tokens - window + 1} tokens too many; shorten the prompt"
+            )
+
+    def token_ids(self, generated: bytes) -> list[int] | None:
+        """Canonical ids of context + generated text; None if this member cannot write its tail.
+
+        Subtle: a round may end inside a multi-byte character (a byte-level
+        token can hold half an emoji). The complete part is tokenized
+        canonically; the incomplete tail is fed as single-byte tokens.
+        """
+        complete, tail = split_complete(generated)
+        ids = self._start_ids + self.member.encode(self.context_text + complete.decode("utf-8"), self._add_special)
+        for byte in tail:
+            token = self.member.assets.vocab.single_byte_token(byte)
+            if token is None:
+                return None
+            ids.append(token)
+        return ids
+
+    def fits(self, ids: Sequence[int]) -> bool:
+        window = self.member.assets.context_window
+        return window is None or len(ids) < window
+
+    def round_state(self, ids: Sequence[int], pending: bytes) -> RoundState:
+        """One forward pass: the member's next-token distribution, ready for marginals."""
+        logits = self.runner.next_logits(ids)
+        rows = len(self.member.assets.vocab)
+        probs = torch.softmax(logits[:rows].double() / self._temperature, dim=-1)
+        sorted_probs = probs.index_select(0, self._sorted_ids).numpy()
+        sorted_probs = sorted_probs * self.member.assets.index.validity_mask(pending)
+        # EOS ends the text, so it is only possible at a character boundary.
+        eos = 0.0 if pending or len(self._eos_ids) == 0 else float(probs.index_select(0, self._eos_ids).sum())
+        return RoundState(sorted_probs, eos)

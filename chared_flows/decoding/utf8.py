@@ -1,0 +1,61 @@
+"""UTF-8 prefix validity, checked byte by byte.
+
+Subtle: Python's incremental decoder is not a prefix checker. It accepts
+b"\\xed\\xa0" (the start of a surrogate, which can never complete) and only fails
+once more bytes arrive. Masking must reject such bytes at once, so the scan
+below applies the exact second-byte ranges of RFC 3629.
+"""
+
+from __future__ import annotations
+
+# lead byte -> (continuation bytes needed, allowed range of the first continuation byte)
+_LEADS: dict[int, tuple[int, int, int]] = {}
+for _b in range(0xC2, 0xE0):
+    _LEADS[_b] = (1, 0x80, 0xBF)
+_LEADS[0xE0] = (2, 0xA0, 0xBF)
+for _b in list(range(0xE1, 0xED)) + [0xEE, 0xEF]:
+    _LEADS[_b] = (2, 0x80, 0xBF)
+_LEADS[0xED] = (2, 0x80, 0x9F)
+_LEADS[0xF0] = (3, 0x90, 0xBF)
+for _b in range(0xF1, 0xF4):
+    _LEADS[_b] = (3, 0x80, 0xBF)
+_LEADS[0xF4] = (3, 0x80, 0x8F)
+
+
+def incomplete_tail_start(data: bytes) -> int | None:
+    """Where the trailing incomplete character starts (len(data) if none); None if invalid.
+
+    `data` is valid when it is a prefix of some valid UTF-8 string.
+    """
+    if data.isascii():
+        return len(data)
+    i, n = 0, len(data)
+    while i < n:
+        lead = data[i]
+        if lead < 0x80:
+            i += 1
+            continue
+        spec = _LEADS.get(lead)
+        if spec is None:
+            return None
+        need, lo, hi = spec
+        for j in range(1, need + 1):
+            if i + j >= n:
+                return i
+            c = data[i + j]
+            if not (lo <= c <= hi if j == 1 else 0x80 <= c <= 0xBF):
+                return None
+        i += need + 1
+    return n
+
+
+def is_valid_prefix(data: bytes) -> bool:
+    return incomplete_tail_start(data) is not None
+
+
+def split_complete(data: bytes) -> tuple[bytes, bytes]:
+    """Split a valid prefix into (complete characters, incomplete tail)."""
+    cut = incomplete_tail_start(data)
+    if cut is None:
+        raise ValueError(f"not a valid UTF-8 prefix: {data[-8:]!r}")
+    return data[:cut], data[cut:]

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from chared_flows.decoding import Member
+from chared_flows.decoding.runner import CachedRunner, UncachedRunner, common_prefix_len
+from chared_flows.errors import ContextWindowError
+from tests.fixtures.tiny import PAD_ROWS, byte_fallback_tokenizer, byte_level_tokenizer, tiny_member, tiny_model
+
+
+def sequences_that_rewrite_their_tail():
+    """Token sequences as rounds produce them: grow, rewrite the last tokens, shrink, jump."""
+    base = list(range(3, 23))
+    return [
+        base[:5],
+        base[:6],
+        base[:6],  # identical: served from the cache with no forward pass
+        base[:4] + [40, 41],  # last two tokens re-tokenized
+        base[:4] + [40, 41, 42, 43, 44, 45, 46, 47, 48, 49],  # beyond the sliding window (6)
+        base[:4] + [40, 41, 42, 43, 44, 45, 46, 47, 48],  # a prefix of what is cached
+        base[:12],
+        [7],
+    ]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_cached_runner_gives_the_same_logits_as_full_passes(arch):
+    model = tiny_model(120, seed=3, arch=arch)
+    cached, reference = CachedRunner(model), UncachedRunner(model)
+    for ids in sequences_that_rewrite_their_tail():
+        torch.testing.assert_close(cached.next_logits(ids), reference.next_logits(ids), rtol=1e-4, atol=1e-5)
+    assert cached.forward_passes == len(sequences_that_rewrite_their_tail()) - 1
+    assert cached.cache_rebuilds == 0  # every rollback, past the sliding window too, was a slice
+    # Only new tokens are fed: far fewer than the full passes.
+    assert cached.tokens_fed < reference.tokens_fed
+
+
+def test_cached_runner_feeds_only_the_new_suffix():
+    runner = CachedRunner(tiny_model(60, seed=1))
+    runner.next_logits([1, 2, 3, 4])
+    runner.next_logits([1, 2, 3, 4, 5, 6])
+    assert runner.tokens_fed == 4 + 2
+    runner.next_logits([1, 2, 3, 9])
+    assert runner.tokens_fed == 6 + 1
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix_len([], [1]) == 0
+    assert common_prefix_len([1, 2], [1, 2, 3]) == 2
+
+
+def test_raw_prompt_without_chat_template():
+    member = tiny_member("byte_fallback").with_chat(True)  # no template: raw text
+    assert member.render("Hi") == ("Hi", True)
+
+
+def test_chat_template_renders_a_user_turn():
+    tok = byte_level_tokenizer()
+    tok.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    member = Member.from_pretrained(tiny_model(len(tok) + PAD_ROWS), tok, name="chatty", chat=True)
+    try:
+        assert member.render("2+3?") == ("<|user|>2+3?\n<|assistant|>", False)
+        assert member.with_chat(False).render("2+3?") == ("2+3?", True)
+    finally:
+        tok.chat_template = None
+
+
+def test_prompt_longer_than_the_window_names_member_and_excess():
+    member = tiny_member("byte_level", name="small-window")
+    session = member.open_session("The quick brown fox. " * 200)
+    with pytest.raises(ContextWindowError, match=r"member 'small-window'.*window is 512.*tokens too many"):
+        session.check_prompt_fits()
+
+
+def test_empty_prompt_starts_from_bos_or_eos():
+    for kind, tok in (("byte_level", byte_level_tokenizer()), ("byte_fallback", byte_fallback_tokenizer())):
+        session = tiny_member(kind).open_session("")
+        ids = session.token_ids(b"")
+        assert len(ids) == 1 and ids[0] in (tok.bos_token_id, tok.eos_token_id)
+        assert session.token_ids(b"ab")[0] == ids[0]
+
+
+def test_incomplete_tail_is_fed_as_single_byte_tokens():
+    member = tiny_member("byte_fallback")
+    session = member.open_session("x")
+    ids = session.token_ids("é".encode() + b"\xf0\x9f")
+    vocab = member.assets.vocab
+    assert [vocab.token_bytes(i) for i in ids[-2:]] == [b"\xf0", b"\x9f"]
