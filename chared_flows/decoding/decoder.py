@@ -59,7 +59,12 @@ class GenerationResult:
 
 
 class Ensemble:
-    """N >= 1 members with weights; decodes text character by character."""
+    """N >= 1 members with weights; decodes text character by character.
+
+    A prompt is a str (raw text, or one user turn for members with chat=True)
+    or a list of {"role", "content"} messages, which every member renders with
+    its own chat template.
+    """
 
     def __init__(
         self,
@@ -183,8 +188,8 @@ class _Decoding:
     """State of one generate/stream call: sessions, output bytes, stop and length bookkeeping."""
 
     def __init__(self, ens: Ensemble, prompt, max_new_chars, temperature, top_p, seed, stop):
-        if not isinstance(prompt, str):
-            raise ConfigError(f"prompt is a {type(prompt).__name__}; pass a str")
+        if not isinstance(prompt, (str, list, tuple)):
+            raise ConfigError(f"prompt is a {type(prompt).__name__}; pass a str or a list of chat messages")
         validate_decoding(max_new_chars, temperature, top_p)
         self.ens = ens
         self.stop = _validate_stop(stop)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,6 +13,27 @@ from chared_flows.decoding.runner import CachedRunner, TokenRunner
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.decoding.vocab import ByteVocabulary
 from chared_flows.errors import ConfigError, ContextWindowError
+
+
+Prompt = Union[str, Sequence[Mapping[str, str]]]
+_ROLES = ("system", "user", "assistant")
+
+
+def _as_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """A prompt as chat messages, checked: a str is one user turn."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = []
+    for i, message in enumerate(prompt):
+        role, content = message.get("role"), message.get("content")
+        if role not in _ROLES or not isinstance(content, str):
+            raise ConfigError(
+                f"message {i} is {dict(message)!r}; each message needs a role in {_ROLES} and str content"
+            )
+        messages.append({"role": role, "content": content})
+    if not messages:
+        raise ConfigError("the message list is empty; give at least one user message")
+    return messages
 
 
 @dataclass
@@ -82,24 +103,28 @@ class Member:
     def with_chat(self, chat: bool) -> "Member":
         return replace(self, chat=chat)
 
-    def render(self, prompt: str) -> tuple[str, bool]:
+    def render(self, prompt: "Prompt") -> tuple[str, bool]:
         """The member's context text for a prompt, and whether encoding adds special tokens.
 
-        With chat=True and a chat template, the prompt becomes one user turn and
-        the template (which writes BOS itself) opens the assistant turn.
+        A str with chat=True, or a list of {"role", "content"} messages, is
+        rendered with the member's own chat template (which writes BOS itself)
+        and opens the assistant turn. A member without a template gets messages
+        as a plain "Role: content" transcript ending in "Assistant:".
         """
+        messages = _as_messages(prompt)
         template = getattr(self.tokenizer, "chat_template", None)
-        if self.chat and template:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+        if isinstance(prompt, str) and not (self.chat and template):
+            return prompt, True
+        if template:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return text, False
-        return prompt, True
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+        return "\n\n".join(lines + ["Assistant:"]), True
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
-    def open_session(self, prompt: str, temperature: float = 1.0) -> "MemberSession":
+    def open_session(self, prompt: Prompt, temperature: float = 1.0) -> "MemberSession":
         return MemberSession(self, prompt, temperature)
 
 
@@ -132,7 +157,7 @@ class RoundState:
 class MemberSession:
     """One member decoding one text: owns its runner (and so its KV cache)."""
 
-    def __init__(self, member: Member, prompt: str, temperature: float = 1.0):
+    def __init__(self, member: Member, prompt: Prompt, temperature: float = 1.0):
         self.member = member
         self.context_text, self._add_special = member.render(prompt)
         self.runner = member.assets.runner_factory()

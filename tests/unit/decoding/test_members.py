@@ -86,3 +86,28 @@ def test_incomplete_tail_is_fed_as_single_byte_tokens():
     ids = session.token_ids("é".encode() + b"\xf0\x9f")
     vocab = member.assets.vocab
     assert [vocab.token_bytes(i) for i in ids[-2:]] == [b"\xf0", b"\x9f"]
+
+
+def test_messages_use_each_members_template_or_a_plain_transcript():
+    tok = byte_level_tokenizer()
+    tok.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"},
+                {"role": "assistant", "content": "5"}, {"role": "user", "content": "and 2+4?"}]
+    try:
+        templated = Member.from_pretrained(tiny_model(len(tok) + PAD_ROWS), tok, name="chatty")
+        text, add_special = templated.render(messages)
+        assert text.endswith("<|user|>and 2+4?\n<|assistant|>") and not add_special
+    finally:
+        tok.chat_template = None
+    plain = tiny_member("byte_fallback")
+    assert plain.render(messages) == ("System: Be brief.\n\nUser: 2+3?\n\nAssistant: 5\n\nUser: and 2+4?\n\nAssistant:", True)
+
+
+def test_malformed_messages_are_refused():
+    from chared_flows.errors import ConfigError
+
+    member = tiny_member("byte_level")
+    with pytest.raises(ConfigError, match="message 0 .*role"):
+        member.render([{"role": "robot", "content": "hi"}])
+    with pytest.raises(ConfigError, match="empty"):
+        member.render([])
