@@ -3,6 +3,7 @@
 from chared_flows.decoding.decoder import Ensemble, GenerationResult, GenerationStats
 from chared_flows.decoding.index import PrefixIndex
 from chared_flows.decoding.members import Member, MemberAssets
+from chared_flows.decoding.scoring import ScoreResult
 from chared_flows.decoding.vocab import BYTE_LEVEL, SENTENCEPIECE, ByteVocabulary
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "Member",
     "MemberAssets",
     "PrefixIndex",
+    "ScoreResult",
 ]

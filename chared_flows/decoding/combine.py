@@ -1,16 +1,29 @@
-"""Weights and combination rules: how members' next-character distributions become one."""
+"""Weights and combination rules: how members' next-character distributions become one.
+
+Every rule takes the members' conditional distributions over the same options
+(None = the member abstains at this step) and the normalised weights, and
+returns one distribution (not necessarily normalised; the sampler normalises)
+or an empty array when no member has an opinion.
+
+Shared conventions, so that weight 1 on one member reproduces it exactly:
+- a member with weight 0 or an abstaining member (None) is left out and the
+  others' weights are renormalised;
+- with a single active member every rule returns that member's distribution.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from chared_flows.errors import ConfigError
 
-MODES = ("chared",)
-RULES = ("mixture",)
+MODES = ("chared", "exact")
+RULES = ("mixture", "product", "adaptive")
+
+Conditionals = Sequence["np.ndarray | None"]
 
 
 def validate_mode(mode: str) -> str:
@@ -23,6 +36,23 @@ def validate_rule(rule: str) -> str:
     if rule not in RULES:
         raise ConfigError(f"unknown combination rule {rule!r}; use one of: {', '.join(RULES)}")
     return rule
+
+
+def validate_beam(beam_width: int, prune_threshold: float) -> tuple[int, float]:
+    if not isinstance(beam_width, int) or isinstance(beam_width, bool) or beam_width < 1:
+        raise ConfigError(
+            f"beam_width is {beam_width!r}; it must be an integer >= 1 (1 keeps only the best tokenization)"
+        )
+    if (
+        not isinstance(prune_threshold, (int, float))
+        or isinstance(prune_threshold, bool)
+        or not math.isfinite(prune_threshold)
+        or not 0 <= prune_threshold < 1
+    ):
+        raise ConfigError(
+            f"prune_threshold is {prune_threshold!r}; it must lie in [0, 1) (0 turns pruning by mass off)"
+        )
+    return beam_width, float(prune_threshold)
 
 
 def normalise_weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
@@ -47,7 +77,14 @@ def normalise_weights(weights: Sequence[float] | None, n_members: int) -> np.nda
     return np.asarray(values, dtype=np.float64) / total
 
 
-def mixture(conditionals: Sequence[np.ndarray | None], weights: np.ndarray) -> np.ndarray:
+def _active(conditionals: Conditionals, weights: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Members with an opinion and a positive weight, and their renormalised weights."""
+    active = [i for i, p in enumerate(conditionals) if p is not None and weights[i] > 0]
+    w = np.asarray([weights[i] for i in active], dtype=np.float64)
+    return active, (w / w.sum() if len(active) else w)
+
+
+def mixture(conditionals: Conditionals, weights: np.ndarray) -> np.ndarray:
     """Weighted average of the members' conditional distributions (the paper's rule).
 
     A member with no mass left on the in-round prefix (None) abstains: the
@@ -55,11 +92,70 @@ def mixture(conditionals: Sequence[np.ndarray | None], weights: np.ndarray) -> n
     leaves it open): such a member has no token that continues the text this
     round, so it has no opinion on the next character until the next round.
     """
-    active = [i for i, p in enumerate(conditionals) if p is not None and weights[i] > 0]
+    active, w = _active(conditionals, weights)
     if not active:
         return np.zeros(0)
-    total_w = sum(weights[i] for i in active)
-    out = np.zeros_like(conditionals[active[0]])
-    for i in active:
-        out += (weights[i] / total_w) * conditionals[i]
+    out = np.zeros_like(conditionals[active[0]], dtype=np.float64)
+    for i, wi in zip(active, w):
+        out += wi * conditionals[i]
     return out
+
+
+def product(conditionals: Conditionals, weights: np.ndarray) -> np.ndarray:
+    """Weighted geometric mean, renormalised: p(o) ∝ prod_k p_k(o)^w_k (product of experts).
+
+    Zeros veto: an option one active member gives probability 0 gets 0. If the
+    vetoes leave nothing (the members' supports are disjoint), we fall back to
+    the mixture rather than stop the text. Abstaining / zero-weight members are
+    left out *before* the logs (subtle: 0 * log 0 would be nan, not "no vote").
+    """
+    active, w = _active(conditionals, weights)
+    if not active:
+        return np.zeros(0)
+    if len(active) == 1:
+        return np.asarray(conditionals[active[0]], dtype=np.float64)
+    support = np.ones_like(conditionals[active[0]], dtype=bool)
+    for i in active:
+        support &= conditionals[i] > 0
+    if not support.any():
+        return mixture(conditionals, weights)
+    logp = np.zeros(int(support.sum()))
+    for i, wi in zip(active, w):
+        logp += wi * np.log(conditionals[i][support])
+    out = np.zeros_like(conditionals[active[0]], dtype=np.float64)
+    out[support] = np.exp(logp - logp.max())
+    return out / out.sum()
+
+
+def entropy(p: np.ndarray) -> float:
+    """Shannon entropy in nats of a (renormalised) distribution."""
+    q = p[p > 0] / p.sum()
+    return float(-(q * np.log(q)).sum())
+
+
+def adaptive(conditionals: Conditionals, weights: np.ndarray) -> np.ndarray:
+    """Mixture whose weights move, at every step, towards the more confident member.
+
+    w'_k ∝ w_k * exp(-H(p_k)) = w_k / perplexity_k. Confidence = negative
+    entropy: exp(H) is the member's effective number of options at this step,
+    so each member's say is divided by how many options it hesitates between.
+    Entropy (not just the top probability) rewards a member that is sure of a
+    few options, and it needs no tuning knob. The reweighting uses only this
+    step's distributions (no hidden state), so it is identical in generation
+    and in scoring, and the same in both modes. Weight 1 on a member stays 1.
+    """
+    active, w = _active(conditionals, weights)
+    if not active:
+        return np.zeros(0)
+    confidence = np.asarray([-entropy(conditionals[i]) for i in active])
+    moved = w * np.exp(confidence - confidence.max())
+    moved_full = np.zeros(len(conditionals))
+    moved_full[active] = moved / moved.sum()
+    return mixture(conditionals, moved_full)
+
+
+RULE_FUNCTIONS: dict[str, Callable[[Conditionals, np.ndarray], np.ndarray]] = {
+    "mixture": mixture,
+    "product": product,
+    "adaptive": adaptive,
+}

@@ -6,6 +6,11 @@ prefix `s` byte by byte: each member's candidates are its tokens that start
 with `s`; its next-byte distribution, plus END (a token equal to `s`) and EOS
 (only when `s` is empty), comes from the prefix index. The weighted mixture
 picks one option; END closes the round, EOS ends the text.
+
+mode="exact" (see exact.py) replaces rounds by one beam of tokenizations per
+member: each member's next-byte distribution is summed over every
+tokenization of the text so far, and members advance independently. Both
+modes combine members with the ensemble's rule (combine.py).
 """
 
 from __future__ import annotations
@@ -17,10 +22,19 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from chared_flows.decoding.combine import mixture, normalise_weights, validate_mode, validate_rule
+from chared_flows.decoding.combine import (
+    RULE_FUNCTIONS,
+    normalise_weights,
+    validate_beam,
+    validate_mode,
+    validate_rule,
+)
+from chared_flows.decoding.healing import drop_forced, force_byte, heal_prompt
+from chared_flows.decoding.exact import DEFAULT_BEAM_WIDTH, DEFAULT_PRUNE_THRESHOLD, ExactBeam
 from chared_flows.decoding.index import END, EOS, NUM_OPTIONS
 from chared_flows.decoding.members import Member, MemberSession, RoundState
 from chared_flows.decoding.sampling import choose, validate_decoding
+from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError
 
@@ -40,6 +54,7 @@ class GenerationStats:
     output_tokens: dict[str, int] = field(default_factory=dict)
     abstentions: dict[str, int] = field(default_factory=dict)
     cache_rebuilds: dict[str, int] = field(default_factory=dict)
+    pruned_mass: dict[str, float] = field(default_factory=dict)  # exact mode: mass pruned from each beam
 
     @property
     def total_forward_passes(self) -> int:
@@ -64,6 +79,14 @@ class Ensemble:
     A prompt is a str (raw text, or one user turn for members with chat=True)
     or a list of {"role", "content"} messages, which every member renders with
     its own chat template.
+
+    mode: "chared" (the paper's rounds) or "exact" (beam over tokenizations).
+    rule: "mixture", "product" or "adaptive" (combine.py), in both modes.
+    beam_width / prune_threshold: exact mode's beam per member (paths kept at
+    most, and the smallest share of the beam's mass a path may hold); chared
+    scoring prunes round starts with the same threshold.
+    token_healing (chared mode): back the prompt off to its last token
+    boundary and make the first round(s) rewrite the removed bytes.
     """
 
     def __init__(
@@ -72,6 +95,9 @@ class Ensemble:
         weights: Sequence[float] | None = None,
         mode: str = "chared",
         rule: str = "mixture",
+        beam_width: int = DEFAULT_BEAM_WIDTH,
+        prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
+        token_healing: bool = False,
     ):
         members = list(members)
         for i, m in enumerate(members):
@@ -81,6 +107,9 @@ class Ensemble:
         self.members = members
         self.mode = validate_mode(mode)
         self.rule = validate_rule(rule)
+        self.combine = RULE_FUNCTIONS[self.rule]
+        self.beam_width, self.prune_threshold = validate_beam(beam_width, prune_threshold)
+        self.token_healing = bool(token_healing)
         self.names = _unique_names([m.name for m in members])
 
     def describe(self) -> dict:
@@ -91,7 +120,23 @@ class Ensemble:
             "weights": [float(w) for w in self.weights],
             "mode": self.mode,
             "rule": self.rule,
+            "beam_width": self.beam_width,
+            "prune_threshold": self.prune_threshold,
+            "token_healing": self.token_healing,
         }
+
+    def score(self, prompt, continuation: str) -> ScoreResult:
+        """Log-probability of each byte of `continuation` after `prompt` under this ensemble.
+
+        Exact mode: the byte's probability summed over all tokenizations (up to
+        pruning). Chared mode: the probability that the chared procedure writes
+        these bytes, summed over where its rounds could end (scoring.py).
+        """
+        if not isinstance(continuation, str):
+            raise ConfigError(f"continuation is a {type(continuation).__name__}; pass a str")
+        if self.mode == "exact":
+            return score_exact(self, prompt, continuation)
+        return score_chared(self, prompt, continuation)
 
     def generate(
         self,
@@ -203,6 +248,9 @@ class _Decoding:
             session.check_prompt_fits()
             # A zero-weight member cannot change any choice: skip its forward passes.
             self.sessions.append(session if weight > 0 else None)
+        # Token healing: bytes cut from the prompt that the first round(s) must write again.
+        self.forced = heal_prompt([s for s in self.sessions if s]) if ens.token_healing and ens.mode == "chared" else b""
+        self.beams: list[ExactBeam | None] | None = None
         self.out = bytearray()
         self.text = ""
         self.round_bytes: list[bytes] = []
@@ -213,8 +261,9 @@ class _Decoding:
 
     def chars(self) -> Iterator[str]:
         """Run rounds until finished, yielding each character as it completes."""
+        step = self._exact_step if self.ens.mode == "exact" else self._round
         while self.finish is None:
-            yield from self._round()
+            yield from step()
         self.stats.wall_time_s = time.perf_counter() - self._started
 
     def _round(self) -> Iterator[str]:
@@ -233,8 +282,10 @@ class _Decoding:
                 split = None if ranges[k] is None else indexes[k].split(st.sorted_probs, *ranges[k], len(added))
                 splits.append(split)
                 conditionals.append(None if split is None else _conditional(split.masses, st.eos_mass if not added else 0.0))
-            combined = mixture(conditionals, self.ens.weights)
+            combined = self.ens.combine(conditionals, self.ens.weights)
             self.stats.steps += 1
+            if len(self.out) < len(self.forced):
+                combined = force_byte(combined, self.forced[len(self.out)], allow_end=bool(added))
             if combined.size == 0 or not combined.sum() > 0:
                 # Dead end (no member can continue): drop any half character, end the text.
                 self._finish("eos")
@@ -255,6 +306,33 @@ class _Decoding:
         if added:
             self.round_bytes.append(bytes(added))
 
+    def _exact_step(self) -> Iterator[str]:
+        """One byte in exact mode: every member's beam gives a distribution; no rounds."""
+        if self.beams is None:  # built here, not in __init__: building consumes the prompt's tail
+            self.beams = [None if s is None else ExactBeam(s, self.ens.beam_width, self.ens.prune_threshold)
+                          for s in self.sessions]
+        pending = split_complete(bytes(self.out))[1]
+        dists = [None if b is None else b.distribution(pending) for b in self.beams]
+        if any(b is not None and b.window_full for b in self.beams):
+            self._finish("length")  # a path reached a member's context window
+            return
+        for name, beam, dist in zip(self.ens.names, self.beams, dists):
+            if beam is not None and dist is None:
+                self.stats.abstentions[name] = self.stats.abstentions.get(name, 0) + 1
+        combined = self.ens.combine(dists, self.ens.weights)
+        self.stats.steps += 1
+        if combined.size == 0 or not combined.sum() > 0:
+            self._finish("eos")
+            return
+        option = choose(combined, self.temperature, self.top_p, self.rng)
+        if option == EOS:
+            self._finish("eos")
+            return
+        for beam in self.beams:
+            if beam is not None and beam.alive:
+                beam.advance(option)
+        yield from self._emit(option)
+
     def _open_round(self) -> list[RoundState | None]:
         """One forward pass per active member on the text so far."""
         pending = split_complete(bytes(self.out))[1]
@@ -271,7 +349,10 @@ class _Decoding:
 
     def _emit(self, byte: int) -> Iterator[str]:
         self.out.append(byte)
-        for ch in self._utf8.decode(bytes([byte])):
+        decoded = self._utf8.decode(bytes([byte]))
+        if len(self.out) <= len(self.forced):
+            return  # healed prompt bytes: written again, but they are prompt, not output
+        for ch in decoded:
             self.text += ch
             self.stats.chars += 1
             # Check before yielding: a stream reads self.text when we yield.
@@ -291,6 +372,10 @@ class _Decoding:
         stats = self.stats
         stats.bytes = len(self.text.encode("utf-8"))
         final = bytes(self.out)
+        round_bytes = self.round_bytes if self.ens.mode == "chared" else [final]
+        for name, beam in zip(self.ens.names, self.beams or []):
+            if beam is not None:
+                stats.pruned_mass[name] = beam.pruned_mass
         for name, session in zip(self.ens.names, self.sessions):
             if session is None:
                 continue
@@ -300,7 +385,8 @@ class _Decoding:
             stats.prompt_tokens[name] = session.prompt_tokens
             ids = session.token_ids(split_complete(final)[0])
             stats.output_tokens[name] = len(ids or []) - session.prompt_tokens
-        return GenerationResult(self.text, self.finish or "length", _round_texts(self.round_bytes), stats)
+        rounds = _round_texts(drop_forced(round_bytes, len(self.forced)))
+        return GenerationResult(self.text, self.finish or "length", rounds, stats)
 
 
 def _conditional(masses: np.ndarray, eos_mass: float) -> np.ndarray | None:

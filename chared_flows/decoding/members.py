@@ -215,11 +215,36 @@ class MemberSession:
 
     def round_state(self, ids: Sequence[int], pending: bytes) -> RoundState:
         """One forward pass: the member's next-token distribution, ready for marginals."""
+        sorted_probs, eos = self.next_token_probs(ids)
+        sorted_probs = sorted_probs * self.member.assets.index.validity_mask(pending)
+        # EOS ends the text, so it is only possible at a character boundary.
+        return RoundState(sorted_probs, 0.0 if pending else eos)
+
+    def next_token_probs(self, ids: Sequence[int]) -> tuple[np.ndarray, float]:
+        """One forward pass: text-token probabilities in sorted index order (unmasked) and EOS mass."""
         logits = self.runner.next_logits(ids)
         rows = len(self.member.assets.vocab)
         probs = torch.softmax(logits[:rows].double() / self._temperature, dim=-1)
         sorted_probs = probs.index_select(0, self._sorted_ids).numpy()
-        sorted_probs = sorted_probs * self.member.assets.index.validity_mask(pending)
-        # EOS ends the text, so it is only possible at a character boundary.
-        eos = 0.0 if pending or len(self._eos_ids) == 0 else float(probs.index_select(0, self._eos_ids).sum())
-        return RoundState(sorted_probs, eos)
+        eos = float(probs.index_select(0, self._eos_ids).sum()) if len(self._eos_ids) else 0.0
+        return sorted_probs, eos
+
+    def anchor(self, backoff_tokens: int) -> tuple[list[int], bytes]:
+        """Canonical context ids cut back by up to `backoff_tokens` text tokens, and the bytes cut off.
+
+        Exact mode starts its beam at the cut and consumes the cut bytes like
+        generated ones, so the prompt's last (maybe partial) token is summed
+        over every tokenization. Subtle: we stop backing off at a special or
+        template token (no bytes), when a token's bytes are not literally the
+        text's tail (a normaliser rewrote them), and we always keep one id: a
+        forward pass needs something to condition on.
+        """
+        ids = self._start_ids + self.member.encode(self.context_text, self._add_special)
+        text = self.context_text.encode("utf-8")
+        cut, tail = len(ids), b""
+        while cut > 1 and len(ids) - cut < backoff_tokens:
+            data = self.member.assets.vocab.tokens[ids[cut - 1]]
+            if data is None or not text.endswith(data + tail):
+                break
+            tail, cut = data + tail, cut - 1
+        return ids[:cut], tail
