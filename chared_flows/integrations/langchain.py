@@ -134,6 +134,10 @@ class CharEDParams(BaseModel):
             )
         return _build_ensemble(members, self.weights, self.mode, self.rule)
 
+    def tokenizer_families(self) -> list[str]:
+        """Each member's tokenizer family, e.g. ["byte_bpe", "sentencepiece_byte_fallback"] (loads them)."""
+        return [str(m.family) for m in self._members()]
+
     def _members(self) -> list[Any]:
         if self.preloaded_members is not None:
             if self.chat is None:
@@ -174,27 +178,19 @@ def generation_info(result: Any) -> dict[str, Any]:
 
 
 def stream_text(
-    params: CharEDParams, prompt: str, stop: Sequence[str] | None, call_kwargs: dict[str, Any]
+    params: CharEDParams, prompt: str | list[dict[str, str]], stop: Sequence[str] | None, call_kwargs: dict[str, Any]
 ) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """Yield (chunk, None) as text is decided, then ("", generation_info) once at the end."""
+    """Yield (chunk, None) as text is decided, then ("", generation_info) once at the end.
+
+    The engine holds back text that may begin a stop string and never streams a matched
+    stop, so the chunks join to exactly what `generate` returns.
+    """
     kwargs = params.decode_kwargs(stop, call_kwargs)
-    ensemble = params.ensemble()
-    streaming = ensemble.start_stream(prompt, **kwargs)
-    # subtle: each chunk is held back until the next one arrives, and the last one is
-    # replaced by what the final result says is left. The engine's final flush has been
-    # seen to include the matched stop string, which `generate` (rightly) strips; this
-    # keeps stream and invoke identical whatever the engine's last chunk holds.
-    emitted, pending = 0, ""
+    streaming = params.ensemble().start_stream(prompt, **kwargs)
     for chunk in streaming:
-        if pending:
-            yield pending, None
-            emitted += len(pending)
-        pending = chunk
-    result = streaming.result
-    tail = result.text[emitted:]
-    if tail:
-        yield tail, None
-    yield "", generation_info(result)
+        if chunk:
+            yield chunk, None
+    yield "", generation_info(streaming.result)
 
 
 class CharEDLLM(CharEDParams, BaseLLM):
@@ -284,28 +280,32 @@ class CharEDLLM(CharEDParams, BaseLLM):
 # --- chat --------------------------------------------------------------------
 
 
-def messages_to_prompt(messages: Sequence[BaseMessage]) -> str:
-    """The single user turn the engine renders with each member's chat template.
+# LangChain message type -> the engine's chat role.
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
-    System messages are folded into the user turn (as Gemma's own template does). A
-    conversation with earlier assistant turns needs per-member multi-turn rendering,
-    which the engine does not offer yet, so it is refused rather than flattened.
+
+def messages_to_chat(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages as the engine's [{"role", "content"}] list.
+
+    Each member renders the list with its own chat template (a model without one gets a
+    plain "Role: content" transcript), so a multi-turn conversation reaches every member
+    in the format it was trained on. Tool calls and tool results have no rendering in
+    these templates and are refused rather than silently dropped.
     """
-    system, user = [], []
-    for message in messages:
-        role = message.type
-        if role == "system":
-            system.append(message.text)
-        elif role == "human":
-            user.append(message.text)
-        else:
+    out = []
+    for i, message in enumerate(messages):
+        role = _ROLES.get(message.type)
+        if role is None:
             raise ConfigError(
-                f"ChatCharED takes system and user messages only, got a {role!r} message; "
-                "multi-turn chats need an engine hook for per-member chat rendering"
+                f"message {i} is a {message.type!r} message; ChatCharED takes system, human and ai "
+                "messages (no tool calling)"
             )
-    if not user:
+        if role == "assistant" and getattr(message, "tool_calls", None):
+            raise ConfigError(f"message {i} is an ai message with tool calls; ChatCharED has no tool calling")
+        out.append({"role": role, "content": message.text})
+    if not any(m["role"] == "user" for m in out):
         raise ConfigError("ChatCharED needs at least one user (human) message")
-    return "\n\n".join([*system, *user])
+    return out
 
 
 class ChatCharED(CharEDParams, BaseChatModel):
@@ -349,7 +349,7 @@ class ChatCharED(CharEDParams, BaseChatModel):
 
     def _chunks(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]):
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        for text, info in stream_text(self, messages_to_prompt(messages), stop, kwargs):
+        for text, info in stream_text(self, messages_to_chat(messages), stop, kwargs):
             if deadline is not None and info is None and time.monotonic() > deadline:
                 yield text, {"finish_reason": "timeout"}
                 return

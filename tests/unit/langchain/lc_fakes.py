@@ -35,6 +35,8 @@ class Recorder:
 
 def script_for(prompt: str, weights: list[float] | None, temperature: float) -> str:
     """Deterministic output that shows which prompt, weights and temperature were used."""
+    if not isinstance(prompt, str):  # chat messages: shown as "role: content" turns
+        prompt = " / ".join(f"{m['role']}: {m['content']}" for m in prompt)
     w = "uniform" if weights is None else "/".join(f"{x:g}" for x in weights)
     return f"[{prompt}|w={w}|t={temperature:g}] The answer is 5.\nQ: next"
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from chared_flows.errors import ConfigError
-from chared_flows.integrations.langchain import ChatCharED, CharEDLLM
+from chared_flows.integrations.langchain import ChatCharED, CharEDLLM, messages_to_chat
+from tests.fixtures.tiny import scripted_member
 from tests.unit.langchain.lc_fakes import script_for
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
 
 
 class TestChatCharEDStandard(ChatModelUnitTests):
@@ -38,12 +43,14 @@ class TestChatCharEDStandard(ChatModelUnitTests):
         return False
 
 
-def test_chat_renders_system_and_user_as_one_chat_turn(fake_engine) -> None:
+def test_chat_passes_system_and_user_as_chat_messages(fake_engine) -> None:
     chat = ChatCharED(models=["a", "b"], weights=[0.6, 0.4])
     reply = chat.invoke([SystemMessage("Be brief."), HumanMessage("2+3?")])
     assert isinstance(reply, AIMessage)
-    assert reply.content == script_for("Be brief.\n\n2+3?", [0.6, 0.4], 0.0)
-    assert fake_engine.calls[-1]["chat"] == [True, True]  # each member applies its chat template
+    assert fake_engine.calls[-1]["prompt"] == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"},
+    ]  # each member renders the list with its own chat template
+    assert reply.content == script_for(fake_engine.calls[-1]["prompt"], [0.6, 0.4], 0.0)
     assert reply.response_metadata["finish_reason"] == "eos"
     assert reply.response_metadata["model_name"] == "a+b"
 
@@ -51,7 +58,7 @@ def test_chat_renders_system_and_user_as_one_chat_turn(fake_engine) -> None:
 def test_chat_standard_params_map_onto_chared_fields(fake_engine) -> None:
     chat = ChatCharED(models=["a"], max_tokens=12, stop=["\n"], timeout=30, max_retries=2)
     assert chat.max_new_chars == 12
-    assert chat.invoke("hello").content == script_for("hello", None, 0.0)[:12]
+    assert chat.invoke("hello").content == script_for(user("hello"), None, 0.0)[:12]
     with pytest.raises(Exception, match="bogus"):
         ChatCharED(bogus=True)
 
@@ -60,17 +67,42 @@ def test_chat_stream_and_timeout(fake_engine) -> None:
     chat = ChatCharED(models=["a"])
     chunks = [c.content for c in chat.stream("hi")]
     assert len([c for c in chunks if c]) > 3
-    assert "".join(chunks) == script_for("hi", None, 0.0)
+    assert "".join(chunks) == script_for(user("hi"), None, 0.0)
     timed = ChatCharED(models=["a"], timeout=1e-9)
     reply = timed.invoke("hi")
     assert reply.response_metadata["finish_reason"] == "timeout"
-    assert len(reply.content) < len(script_for("hi", None, 0.0))
+    assert len(reply.content) < len(script_for(user("hi"), None, 0.0))
 
 
-def test_multi_turn_is_refused_clearly_until_the_engine_renders_it(fake_engine) -> None:
+def test_multi_turn_conversation_keeps_every_turn_in_order(fake_engine) -> None:
     chat = ChatCharED(models=["a"])
-    with pytest.raises(ConfigError, match="multi-turn"):
-        chat.invoke([HumanMessage("a"), AIMessage("b"), HumanMessage("c")])
+    chat.invoke([SystemMessage("s"), HumanMessage("a"), AIMessage("b"), HumanMessage("c")])
+    assert fake_engine.calls[-1]["prompt"] == [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+    ]
+
+
+def test_tool_messages_and_assistant_only_chats_are_refused(fake_engine) -> None:
+    chat = ChatCharED(models=["a"])
+    with pytest.raises(ConfigError, match="message 1 is a 'tool' message"):
+        chat.invoke([HumanMessage("a"), ToolMessage("42", tool_call_id="t1")])
+    with pytest.raises(ConfigError, match="at least one user"):
+        chat.invoke([SystemMessage("s"), AIMessage("b")])
+    assert fake_engine.calls == []
+
+
+def test_multi_turn_on_the_real_engine_renders_a_transcript_for_template_less_members() -> None:
+    """Scripted members have no chat template: the engine renders a plain transcript."""
+    members = [scripted_member("Fine.", name="m1"), scripted_member("Fine.", name="m2", kind="byte_fallback")]
+    chat = ChatCharED(preloaded_members=members, weights=[0.5, 0.5], max_tokens=20)
+    conversation = [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello."), HumanMessage("How are you?")]
+    assert chat.invoke(conversation).content == "Fine."
+    rendered, _ = members[0].render(messages_to_chat(conversation))
+    assert [line for line in rendered.splitlines() if line][:4] == [
+        "System: Be brief.", "User: Hi", "Assistant: Hello.", "User: How are you?",
+    ]
+    assert "".join(c.content for c in chat.stream(conversation)) == "Fine."
 
 
 def test_as_llm_keeps_every_parameter() -> None:
