@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -104,50 +105,183 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt, max_new_chars=args.max_new_chars, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, stop=stops,
     )
-    # subtle: the last chunk is written from the final result, which excludes a matched
-    # stop string (the engine's final stream chunk has been seen to include it).
-    written, pending = 0, ""
-    for chunk in streaming:
-        if pending:
-            sys.stdout.write(pending)
-            sys.stdout.flush()
-            written += len(pending)
-        pending = chunk
-    sys.stdout.write(streaming.result.text[written:] + "\n")
+    for chunk in streaming:  # the engine never streams a matched stop string
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0
 
 
 # --- run --------------------------------------------------------------------------
 
 
-def add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a workflow over its dataset, all variants")
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `run` and `ab`: which samples, where results go, where runs are logged."""
     p.add_argument("workflow", help="workflow name (in the workflows dir) or path to a .yaml file")
     p.add_argument("--limit", type=int, help="only the first N samples")
     p.add_argument("--run-id", help="reuse an id to resume an interrupted run")
     p.add_argument("--out", default="runs", help="directory for run results (default: ./runs)")
+    p.add_argument("--dataset-path", help="replace the dataset's 'path' (e.g. your own GSM8K JSONL copy)")
+    p.add_argument("--tracker", action="append", choices=TRACKERS, default=None,
+                   help="log to this tracker (repeatable); replaces the workflow's 'trackers' list")
+    p.add_argument("--no-track", action="store_true", help="log to no tracker (results still go to --out)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, i.e. $OMP_NUM_THREADS)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=cmd_run)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from chared_flows.flow.runner import WorkflowRunner, summarize
+TRACKERS = ("mlflow", "promptlayer")
+
+
+def tracker_names(args: argparse.Namespace, workflow_trackers: list[str]) -> list[str]:
+    if args.no_track:
+        if args.tracker:
+            raise ConfigError("--no-track and --tracker contradict each other; keep one")
+        return []
+    return list(dict.fromkeys(args.tracker or workflow_trackers))
+
+
+def build_trackers(names: list[str], resolved) -> object:
+    """A FanOut over the named trackers (built before any model loads: a bad config fails fast)."""
+    from chared_flows.tracking import make_trackers
+
+    template = resolved.template
+    options = {"mlflow": {"prompts": [(template.name, template.version, template.template)]}}
+    return make_trackers(names, options={k: v for k, v in options.items() if k in names})
+
+
+def set_threads(threads: int | None) -> int:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads} must be at least 1")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=None):
+    """The WorkflowRunner for `run` and `ab`, with its trackers; returns (runner, fanout)."""
+    from chared_flows.flow.runner import WorkflowRunner
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit} must be at least 1")
     resolved = workflow_store(args).resolve(args.workflow)
+    overrides = {}
+    if args.dataset_path:
+        if not Path(args.dataset_path).expanduser().is_file():
+            raise ConfigError(f"--dataset-path {args.dataset_path!r} is not a file")
+        overrides["path"] = args.dataset_path
+    names = tracker_names(args, list(resolved.spec.trackers))
+    fanout = build_trackers(names, resolved)
     runner = WorkflowRunner(
-        resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit, sinks=[fanout],
+        progress=not args.no_progress and sys.stderr.isatty(), dataset_overrides=overrides,
+        interleave=interleave, finisher=finisher,
     )
-    print(f"run {runner.run_id}: {len(resolved.variants)} variants -> {runner.results.path}", file=sys.stderr)
+    threads = set_threads(args.threads)
+    print(
+        f"run {runner.run_id}: {len(resolved.variants)} variants -> {runner.results.path} "
+        f"(trackers: {', '.join(names) or 'none'}; torch threads: {threads})",
+        file=sys.stderr,
+    )
+    return runner, fanout
+
+
+def drain(runner) -> int:
+    """Run every pending pair; per-sample errors are printed and kept, not fatal."""
     new = 0
     for record in runner.run():
         new += 1
         if record.error:
             print(f"  {record.variant} {record.sample_id}: {record.error}", file=sys.stderr)
+    return new
+
+
+def report_tracker_failures(fanout) -> None:
+    for name, hook, message in getattr(fanout, "failures", []):
+        print(f"warning: tracker {name} failed in {hook}: {' '.join(message.split())[:300]}", file=sys.stderr)
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a workflow over its dataset, all variants")
+    add_run_options(p)
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from chared_flows.flow.runner import summarize
+
+    runner, fanout = make_runner(args)
+    new = drain(runner)
+    report_tracker_failures(fanout)
     print(f"{new} new records", file=sys.stderr)
     print(json.dumps(summarize(runner.results.read()), indent=2))
+    return 0
+
+
+# --- ab ---------------------------------------------------------------------------
+
+
+def add_ab(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ab", help="run every variant of a workflow (resumable), then compare them: report with CIs and tests"
+    )
+    add_run_options(p)
+    p.add_argument("--report-dir", help="where the report goes (default: <out>/<run-id>/report)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap / permutation resamples (default 2000)")
+    p.set_defaults(handler=cmd_ab)
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from chared_flows.evaluation.ab import compare
+    from chared_flows.reports import write_report
+
+    if args.resamples < 100:
+        raise ConfigError(f"--resamples {args.resamples} is too few for a CI; use at least 100")
+    made: dict[str, list[Path]] = {}
+
+    def finisher(run, records):
+        # The report is written before the trackers' on_run_end, so MLflow logs its files
+        # on the parent run together with the results.
+        ab = compare(records, run.variants, resamples=args.resamples).to_dict()
+        out_dir = Path(args.report_dir) if args.report_dir else runner.run_dir / "report"
+        made["files"] = write_report(records, run, ab, out_dir)
+        return made["files"]
+
+    runner, fanout = make_runner(args, interleave=True, finisher=finisher)
+    started = time.perf_counter()
+    new = drain(runner)
+    report_tracker_failures(fanout)
+    files = made.get("files", [])
+    print(f"{new} new records in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if files:
+        print(f"report: {files[0].resolve()}")
+        print(f"        {files[1].resolve()}")
+    return 0
+
+
+# --- sync -------------------------------------------------------------------------
+
+
+def add_sync(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sync", help="send the PromptLayer outbox (items kept while PromptLayer was unreachable)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per PromptLayer call (default 10)")
+    p.set_defaults(handler=cmd_sync)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from chared_flows.tracking.promptlayer import sync_outbox
+
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout} must be positive")
+    result = sync_outbox(call_timeout_s=args.timeout)
+    print(
+        f"sent {result.sent}, failed {result.failed}, timed out {result.timed_out}; "
+        f"pending {result.pending}, dead {result.dead}"
+    )
+    if result.pending:
+        print(f"error: {result.pending} item(s) still pending; run `chared sync` again later", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -222,7 +356,9 @@ def cmd_workflows(args: argparse.Namespace) -> int:
 
 # --- main -------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_run, add_templates, add_workflows]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_generate, add_run, add_ab, add_sync, add_templates, add_workflows,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

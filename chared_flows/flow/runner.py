@@ -12,6 +12,7 @@ on_run_start(RunRecord), on_record(SampleRecord), on_run_end(RunRecord, summary,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -40,6 +41,9 @@ class RunSink(Protocol):
 
 
 LLMFactory = Callable[[VariantSpec], Any]
+# Called once every pair is done, before the sinks' on_run_end; the paths it returns
+# (a report, plots) are handed to the sinks as artifacts with the results file.
+Finisher = Callable[[RunRecord, list[SampleRecord]], list[Path]]
 
 
 def default_llm_factory(variant: VariantSpec) -> Any:
@@ -97,7 +101,14 @@ class WorkflowRunner:
         sinks: Iterable[RunSink] = (),
         llm_factory: LLMFactory = default_llm_factory,
         progress: bool = True,
+        dataset_overrides: dict[str, Any] | None = None,
+        interleave: bool = False,
+        finisher: Finisher | None = None,
     ):
+        """`dataset_overrides` replace keys of the workflow's dataset reference (e.g. a local
+        `path`) without changing the workflow's identity; `interleave` runs every variant on
+        sample 1, then on sample 2, ..., so a run cut short still has complete pairs for
+        paired comparisons (the default runs variant by variant)."""
         self.workflow = workflow
         self.run_id = run_id or new_run_id(workflow.spec.name)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_id):
@@ -108,11 +119,18 @@ class WorkflowRunner:
         self.sinks = list(sinks)
         self.llm_factory = llm_factory
         self.progress = progress
+        self.dataset_overrides = dict(dataset_overrides or {})
+        self.interleave = interleave
+        self.finisher = finisher
+
+    @property
+    def dataset_ref(self) -> dict[str, Any]:
+        return {**self.workflow.spec.dataset, **self.dataset_overrides}
 
     # --- setup -----------------------------------------------------------
 
     def load_samples(self) -> list[Sample]:
-        samples = load_dataset(self.workflow.spec.dataset)
+        samples = load_dataset(self.dataset_ref)
         if self.limit is not None:
             samples = samples[: self.limit]
         ids = [s.id for s in samples]
@@ -129,7 +147,7 @@ class WorkflowRunner:
             template=template.name,
             template_version=template.version,
             template_hash=template.content_hash,
-            dataset=json.dumps(spec.dataset, sort_keys=True, default=str),
+            dataset=json.dumps(self.dataset_ref, sort_keys=True, default=str),
             variants=list(self.workflow.variants),
             package_version=chared_flows.__version__,
             git_commit=_git_commit(),
@@ -164,16 +182,28 @@ class WorkflowRunner:
         samples = self.load_samples()
         run = self.run_record()
         self._claim_run_dir(run)
-        done = self.results.finished_pairs()
-        todo = [(v, s) for v in self.workflow.variants for s in samples if (s.id, v.name) not in done]
+        finished = [r for r in self.results.read() if r.error is None]
+        done = {(r.sample_id, r.variant) for r in finished}
+        if self.interleave:
+            todo = [(v, s) for s in samples for v in self.workflow.variants if (s.id, v.name) not in done]
+        else:
+            todo = [(v, s) for v in self.workflow.variants for s in samples if (s.id, v.name) not in done]
+        # Members load here, before on_run_start, so the run record names each member's
+        # tokenizer family and a bad model spec fails before anything is logged.
+        chains = self._chains({v.name for v in self.workflow.variants})
+        run.variants = self.workflow.variants = [self._with_families(v, chains.get(v.name)) for v in run.variants]
         self._notify("on_run_start", run)
+        # subtle: a resumed run is a new run for the sinks (a new MLflow parent run), so
+        # they are given the records finished earlier too and end up with the whole run;
+        # PromptLayer's outbox keys them by run/variant/sample, so none is sent twice.
+        wanted = {s.id for s in samples}
+        for record in finished:
+            if record.sample_id in wanted:
+                self._notify("on_record", record)
         bar = tqdm(total=len(todo), desc=self.run_id, unit="sample", disable=not self.progress, leave=False)
         try:
-            chains: dict[str, Any] = {}
             for variant, sample in todo:
-                if variant.name not in chains:
-                    chains[variant.name] = self._chain_for(variant)
-                record = self._run_one(chains[variant.name], variant, sample)
+                record = self._run_one(chains[variant.name][0], variant, sample)
                 self.results.append(record)
                 self._notify("on_record", record)
                 bar.update(1)
@@ -182,16 +212,34 @@ class WorkflowRunner:
         finally:
             bar.close()
         run.finished_at = time.time()
-        all_records = self.results.read()
-        self._notify("on_run_end", run, summarize(all_records), [self.results.path, self.run_dir / RUN_FILE])
+        wanted = {s.id for s in samples}
+        all_records = [r for r in self.results.read() if r.sample_id in wanted]
+        artifacts = [self.results.path, self.run_dir / RUN_FILE]
+        if self.finisher is not None:
+            artifacts += self.finisher(run, all_records)
+        self._notify("on_run_end", run, summarize(all_records), artifacts)
 
     def run_all(self) -> list[SampleRecord]:
         return list(self.run())
 
-    def _chain_for(self, variant: VariantSpec) -> Any:
+    def _chains(self, names: set[str]) -> dict[str, tuple[Any, Any]]:
+        """variant name -> (chain, llm) for the variants with work left."""
         from chared_flows.integrations.langchain import build_chain
 
-        return build_chain(self.workflow.template.render, self.llm_factory(variant), self.workflow.parser)
+        out = {}
+        for variant in self.workflow.variants:
+            if variant.name in names:
+                llm = self.llm_factory(variant)
+                out[variant.name] = (build_chain(self.workflow.template.render, llm, self.workflow.parser), llm)
+        return out
+
+    @staticmethod
+    def _with_families(variant: VariantSpec, chain_and_llm: tuple[Any, Any] | None) -> VariantSpec:
+        """The variant with each member's tokenizer family filled in (loads the members)."""
+        families = getattr(chain_and_llm[1], "tokenizer_families", None) if chain_and_llm else None
+        if families is None or variant.tokenizer_families:
+            return variant
+        return dataclasses.replace(variant, tokenizer_families=tuple(families()))
 
     def _run_one(self, chain: Any, variant: VariantSpec, sample: Sample) -> SampleRecord:
         from chared_flows.integrations.langchain import GenerationInfoCollector
@@ -230,6 +278,7 @@ class WorkflowRunner:
             inputs=dict(sample.inputs),
             output="",
             reference=sample.reference,
+            domain=sample.domain,
         )
 
     def _notify(self, hook: str, *args: Any) -> None:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from chared_flows.records import VariantSpec
 
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+# Where a run is logged. The local MLflow store is a SQLite file (no server), so logging
+# to MLflow is the default; PromptLayer needs an API key and is opt-in.
+TrackerName = Literal["mlflow", "promptlayer"]
+DEFAULT_TRACKERS: tuple[str, ...] = ("mlflow",)
 
 
 class DecodingParams(BaseModel):
@@ -130,6 +135,10 @@ class WorkflowSpec(BaseModel):
     decoding: DecodingParams = Field(default_factory=DecodingParams)
     variants: list[VariantConfig] = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    trackers: list[TrackerName] = Field(
+        default_factory=lambda: list(DEFAULT_TRACKERS),
+        description="where runs are logged: mlflow, promptlayer; [] logs nowhere (CLI: --tracker, --no-track)",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -155,5 +164,7 @@ class WorkflowSpec(BaseModel):
 
     @property
     def content_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # subtle: where a run is logged does not change its results, so `trackers` is left
+        # out; a run can resume with other trackers without "different content" errors.
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"trackers"}), sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()

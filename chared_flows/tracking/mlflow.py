@@ -12,6 +12,7 @@ none). `MLFLOW_TRACKING_URI` wins when set.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -21,6 +22,8 @@ from typing import Any
 
 from chared_flows.errors import ConfigError, MissingExtraError, TrackingError
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec
+
+log = logging.getLogger(__name__)
 
 # MLflow limits (mlflow/utils/validation.py): param values up to 6000 chars,
 # names of params and metrics from this character set.
@@ -33,6 +36,11 @@ def _mlflow():
     # Subtle: telemetry must be off before mlflow is imported; it reads the
     # variable at import time and otherwise tries to reach the internet.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # subtle: against an unreachable server MLflow's REST client retries each call with
+    # exponential backoff for minutes (7 retries, 120 s timeout). A tracker must not hold
+    # up decoding that long, so unless the user chose otherwise: 2 retries, 10 s.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         import mlflow
     except ImportError as exc:
@@ -175,9 +183,19 @@ class MlflowTracker:
 
     name = "mlflow"
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None):
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        prompts: list[tuple[str, int, str]] | None = None,
+    ):
+        """`prompts`: (name, version, text) of the templates the run uses; each is published
+        to MLflow's prompt registry at run start and its registry version logged as a param."""
         self.client, self.tracking_uri = make_client(tracking_uri)
         self.experiment = experiment
+        self.prompts = list(prompts or [])
+        self.published: dict[str, int] = {}
+        self._record_failures = 0  # consecutive; see on_record
         self.parent_run_id: str | None = None
         self.child_run_ids: dict[str, str] = {}
         self._records: dict[str, list[SampleRecord]] = {}
@@ -199,14 +217,41 @@ class MlflowTracker:
             )
             self.child_run_ids[spec.name] = child.info.run_id
             self._log_params(child.info.run_id, {**run_params(run), **variant_params(spec)})
+        self._publish_prompts()
+
+    def _publish_prompts(self) -> None:
+        """Last in on_run_start: a registry failure is logged and tagged, the runs stay usable."""
+        for name, version, text in self.prompts:
+            try:
+                mlflow_version = publish_template(name, version, text, tracking_uri=self.tracking_uri)
+            except Exception as exc:  # noqa: BLE001 - the run goes on; the failure is logged and tagged
+                log.warning("mlflow: publishing template %s@%s failed: %s", name, version, exc, exc_info=True)
+                self.client.set_tag(self.parent_run_id, f"chared.prompt_error.{clean_key(name)}", str(exc)[:500])
+                continue
+            self.published[f"{name}@{version}"] = mlflow_version
+            self._log_params(self.parent_run_id, {clean_key(f"prompt.{name}.v{version}"): f"prompts:/{name}/{mlflow_version}"})
+
+    # After this many failed per-record calls in a row, per-record metrics stop (the store
+    # is down or slow); records are still kept and logged in bulk by on_run_end.
+    MAX_RECORD_FAILURES = 3
 
     def on_record(self, record: SampleRecord) -> None:
         bucket = self._records.setdefault(record.variant, [])
         step = len(bucket)
         bucket.append(record)
         run_id = self._child(record.variant)
+        if self._record_failures >= self.MAX_RECORD_FAILURES:
+            return
         values = {**record.scores, "latency_s": record.latency_s, "chars_per_s": record.chars_per_s}
-        self._log_metrics(run_id, values, step=step)
+        try:
+            self._log_metrics(run_id, values, step=step)
+        except Exception:
+            self._record_failures += 1
+            if self._record_failures >= self.MAX_RECORD_FAILURES:
+                log.warning("mlflow: %d metric calls failed in a row; per-sample metrics stop, "
+                            "the run's totals are still logged at its end", self._record_failures)
+            raise
+        self._record_failures = 0
 
     def on_run_end(
         self, run: RunRecord, summary: dict[str, Any] | None = None, artifacts: list[Path] | None = None

@@ -114,13 +114,14 @@ def test_dirs_come_from_flags_or_environment(project, capsys, monkeypatch, tmp_p
 
 
 def test_run_writes_records_and_resumes(project, capsys) -> None:
-    code, out, err = run_cli(capsys, "run", "tiny", "--run-id", "r1", "--out", "runs")
+    code, out, err = run_cli(capsys, "run", "tiny", "--run-id", "r1", "--out", "runs", "--no-track")
     assert code == 0, err
+    assert "trackers: none" in err
     summary = json.loads(out)
     assert summary["five"]["exact"] == 0.5 and summary["mix-w0.5"]["n"] == 2
     lines = (project / "runs" / "r1" / "records.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["output"] == "The answer is 5."
-    code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "r1", "--out", "runs")
+    code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "r1", "--out", "runs", "--no-track")
     assert code == 0 and "0 new records" in err
     code, _, err = run_cli(capsys, "run", "tiny", "--limit", "0")
     assert code == 2 and "--limit 0 must be at least 1" in err
@@ -130,3 +131,101 @@ def test_unknown_subcommand_is_an_argparse_error(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+# --- ab ---------------------------------------------------------------------------
+
+
+def test_ab_runs_every_variant_and_writes_the_report(project, capsys) -> None:
+    code, out, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab1", "--out", "runs", "--no-track", "--resamples", "200")
+    assert code == 0, err
+    report = project / "runs" / "ab1" / "report"
+    assert out.splitlines()[0] == f"report: {report / 'report.md'}"
+    md = (report / "report.md").read_text()
+    assert "| mix-w0.5 | five | 2 |" in md  # ensemble vs single, paired on 2 samples
+    assert (report / "report.html").is_file() and list(report.glob("*.png"))
+    ab = json.loads((report / "ab.json").read_text())
+    assert {(v["variant"], v["mean"]) for v in ab["variants"] if v["metric"] == "exact"} == {("five", 0.5), ("mix-w0.5", 0.5)}
+    records = [json.loads(line) for line in (project / "runs" / "ab1" / "records.jsonl").read_text().splitlines()]
+    assert [r["sample_id"] for r in records] == ["a", "a", "b", "b"]  # interleaved: pairs complete early
+    # resuming a finished run does no decoding and rewrites the report
+    (report / "report.md").unlink()
+    code, out, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab1", "--out", "runs", "--no-track")
+    assert code == 0 and "0 new records" in err and (report / "report.md").is_file()
+
+
+def test_ab_user_errors_are_one_line_exit_2(project, capsys) -> None:
+    for argv, message in [
+        (["ab", "nosuch"], "unknown workflow 'nosuch'"),
+        (["ab", "tiny", "--limit", "0"], "--limit 0 must be at least 1"),
+        (["ab", "tiny", "--dataset-path", "missing.jsonl"], "--dataset-path 'missing.jsonl' is not a file"),
+        (["ab", "tiny", "--no-track", "--tracker", "mlflow"], "contradict"),
+        (["ab", "tiny", "--resamples", "5"], "--resamples 5 is too few"),
+    ]:
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_ab_logs_the_run_and_its_report_to_mlflow(project, capsys, monkeypatch) -> None:
+    from chared_flows.tracking.mlflow import make_client
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, _, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab2", "--out", "runs", "--resamples", "200")
+    assert code == 0, err
+    assert "trackers: mlflow" in err and "warning: tracker" not in err
+    client, _ = make_client(uri)
+    experiment = client.get_experiment_by_name("chared/tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = {r.data.tags["chared.variant"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {"five", "mix-w0.5"}
+    assert children["mix-w0.5"].data.params["tokenizer_families"] == "byte_level,byte_level"
+    assert parent.data.params["prompt.math_answer.v1"].startswith("prompts:/math_answer/")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "report.html", "ab.json", "records.jsonl"} <= logged
+    assert client.get_prompt("math_answer") is not None
+
+
+# --- sync -------------------------------------------------------------------------
+
+
+def test_sync_sends_what_a_run_left_in_the_outbox(project, capsys, monkeypatch) -> None:
+    from tests.support.promptlayer_server import FakePromptLayer, closed_port_url
+
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", "pl-test-key")
+    monkeypatch.setenv("PROMPTLAYER_BASE_URL", closed_port_url())
+    code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer")
+    assert code == 0, err  # PromptLayer down: the run is not affected
+    code, out, err = run_cli(capsys, "sync", "--timeout", "2")
+    assert code == 1 and "pending 4" in out and "still pending" in err
+    with FakePromptLayer(api_key="pl-test-key") as server:
+        monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
+        code, out, err = run_cli(capsys, "sync")
+        assert code == 0, err
+        assert out.startswith("sent 8,") and "pending 0" in out  # 4 logs, then their 4 scores
+        code, out, _ = run_cli(capsys, "sync")
+        assert code == 0 and out.startswith("sent 0,")
+        keys = sorted(body["metadata"]["chared_idempotency_key"] for body in server.accepted_logs())
+    assert keys == sorted(f"p1:{v}:{s}" for v in ("five", "mix-w0.5") for s in ("a", "b"))
+
+
+def test_a_run_with_promptlayer_first_sends_what_earlier_runs_left(project, capsys, monkeypatch) -> None:
+    from tests.support.promptlayer_server import FakePromptLayer, closed_port_url
+
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", "pl-test-key")
+    monkeypatch.setenv("PROMPTLAYER_BASE_URL", closed_port_url())
+    assert run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer", "--limit", "1")[0] == 0
+    with FakePromptLayer(api_key="pl-test-key") as server:
+        monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
+        code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "p2", "--tracker", "promptlayer", "--limit", "1")
+        assert code == 0, err
+        runs = sorted(body["metadata"]["run_id"] for body in server.accepted_logs())
+    assert runs == ["p1", "p1", "p2", "p2"]
+
+
+def test_sync_without_an_api_key_is_a_user_error(project, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("PROMPTLAYER_API_KEY", raising=False)
+    code, _, err = run_cli(capsys, "sync")
+    assert code == 2 and err.startswith("error: PROMPTLAYER_API_KEY is not set")

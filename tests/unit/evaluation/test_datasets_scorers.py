@@ -90,3 +90,11 @@ def test_latency_comes_from_the_record():
 def test_unknown_scorer_lists_known():
     with pytest.raises(ConfigError, match="numeric_exact_match"):
         get_scorer("bleu")
+
+
+def test_gsm8k_path_expands_environment_variables(tmp_path, monkeypatch) -> None:
+    from chared_flows.evaluation.datasets import gsm8k_jsonl
+
+    (tmp_path / "g.jsonl").write_text('{"question": "1+1?", "answer": "2 #### 2"}\n')
+    monkeypatch.setenv("MY_GSM8K_DIR", str(tmp_path))
+    assert [s.reference for s in gsm8k_jsonl("$MY_GSM8K_DIR/g.jsonl")] == ["2"]

@@ -166,3 +166,47 @@ def test_errors_on_one_sample_are_recorded_and_retried(workflow_store, tmp_path)
 def test_bad_run_id_is_rejected(workflow_store, tmp_path) -> None:
     with pytest.raises(WorkflowError, match="run id"):
         WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="../escape")
+
+
+def test_records_carry_the_sample_domain_and_variants_their_tokenizer_families(workflow_store, tmp_path) -> None:
+    path = workflow_store.path_of("demo")
+    path.write_text(path.read_text().replace("reference: 5}", "reference: 5, domain: math}"))
+    sink = RecordingSink()
+    records = runner(workflow_store, tmp_path / "runs", sinks=[sink], limit=1).run_all()
+    assert {r.domain for r in records} == {"math"}
+    run = sink.events[0][1]
+    families = {v.name: v.tokenizer_families for v in run.variants}
+    assert families == {f: ("byte_level",) * n for f, n in (("five", 1), ("pair-w0.25", 2), ("pair-w0.75", 2))}
+
+
+def test_interleave_runs_every_variant_on_a_sample_before_the_next(workflow_store, tmp_path) -> None:
+    records = runner(workflow_store, tmp_path / "runs", interleave=True).run_all()
+    assert [r.sample_id for r in records] == ["s1"] * 3 + ["s2"] * 3 + ["s3"] * 3
+
+
+def test_dataset_overrides_replace_dataset_keys(workflow_store, tmp_path) -> None:
+    other = [{"id": "x", "inputs": {"question": "9"}, "reference": 5}]
+    run = runner(workflow_store, tmp_path / "runs", dataset_overrides={"samples": other})
+    assert {r.sample_id for r in run.run_all()} == {"x"}
+    assert '"id": "x"' in run.run_record().dataset
+
+
+def test_a_resumed_run_replays_earlier_records_to_sinks_and_the_finisher_adds_artifacts(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    partial = runner(workflow_store, out).run()
+    [next(partial) for _ in range(4)]
+    partial.close()
+    sink, seen = RecordingSink(), {}
+
+    def finisher(run, records):
+        seen["n"] = len(records)
+        report = tmp_path / "report.md"
+        report.write_text("report")
+        return [report]
+
+    new = runner(workflow_store, out, sinks=[sink], finisher=finisher).run_all()
+    assert len(new) == 5 and seen["n"] == 9
+    kinds = [kind for kind, _ in sink.events]
+    assert kinds == ["start"] + ["record"] * 9 + ["end"]  # 4 replayed, 5 new
+    _, summary, artifacts = sink.events[-1][1]
+    assert summary["five"]["n"] == 3 and tmp_path / "report.md" in artifacts

@@ -96,3 +96,43 @@ def test_publish_template_is_idempotent_per_version(tracking_uri):
     assert loaded.template == "Question: {{question}}\nAnswer:"
     assert loaded.tags["chared.version"] == "2"
     assert client.get_prompt_version("gsm8k_cot", 1).tags["owner"] == "team"
+
+
+def test_templates_are_published_at_run_start_and_a_registry_failure_is_not_fatal(tracking_uri, run_record, monkeypatch):
+    tracker = MlflowTracker(tracking_uri, prompts=[("gsm8k_cot", 3, "Q: {question}\nA:")])
+    tracker.on_run_start(run_record)
+    assert tracker.published == {"gsm8k_cot@3": 1}
+    params = tracker.client.get_run(tracker.parent_run_id).data.params
+    assert params["prompt.gsm8k_cot.v3"] == "prompts:/gsm8k_cot/1"
+
+    import chared_flows.tracking.mlflow as module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(module, "publish_template", broken)
+    again = MlflowTracker(tracking_uri, prompts=[("gsm8k_cot", 3, "Q: {question}\nA:")])
+    again.on_run_start(run_record)  # does not raise: child runs exist, the failure is tagged
+    assert set(again.child_run_ids) == {v.name for v in run_record.variants}
+    tags = again.client.get_run(again.parent_run_id).data.tags
+    assert "registry down" in tags["chared.prompt_error.gsm8k_cot"]
+
+
+def test_per_record_metrics_stop_after_repeated_failures(tracking_uri, run_record, records, monkeypatch):
+    tracker = MlflowTracker(tracking_uri)
+    tracker.on_run_start(run_record)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("store down")
+
+    monkeypatch.setattr(tracker.client, "log_batch", failing)
+    failures = 0
+    for record in records:
+        try:
+            tracker.on_record(record)
+        except RuntimeError:
+            failures += 1
+    assert failures == len(calls) == MlflowTracker.MAX_RECORD_FAILURES  # then it stops calling
+    assert sum(len(v) for v in tracker._records.values()) == len(records)  # kept for on_run_end
