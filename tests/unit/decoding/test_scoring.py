@@ -1,0 +1,122 @@
+"""Ensemble.score: per-byte log-probabilities in both modes; chared scoring against its own procedure."""
+
+import math
+
+import numpy as np
+import pytest
+
+from chared_flows.decoding import Ensemble, ScoreResult
+from chared_flows.decoding.decoder import _Decoding
+from tests.fixtures.tiny import scripted_member, tiny_member
+
+
+@pytest.fixture(scope="module")
+def bl():
+    return tiny_member("byte_level", seed=0)
+
+
+@pytest.fixture(scope="module")
+def bf():
+    return tiny_member("byte_fallback", seed=1)
+
+
+@pytest.mark.parametrize("mode", ["chared", "exact"])
+def test_score_fields_are_consistent(bl, bf, mode):
+    text = "naïve 😀"
+    result = Ensemble([bl, bf], mode=mode).score("Café", text)
+    assert isinstance(result, ScoreResult)
+    assert result.bytes == len(text.encode()) == len(result.byte_logprobs) and result.chars == len(text)
+    assert all(lp <= 1e-12 for lp in result.byte_logprobs)
+    assert result.total_bits == pytest.approx(-sum(result.byte_logprobs) / math.log(2))
+    assert result.bits_per_byte == pytest.approx(result.total_bits / result.bytes)
+    assert result.bits_per_char == pytest.approx(result.total_bits / result.chars)
+    assert 0.0 <= result.pruned_mass <= 1.0
+
+
+def test_empty_continuation_scores_zero_bits(bl):
+    result = Ensemble([bl], mode="exact").score("Hi", "")
+    assert result.total_bits == 0 and result.bytes == 0 and math.isnan(result.bits_per_byte)
+
+
+def test_scripted_text_scores_near_zero_bits_in_both_modes():
+    script = "Hello 😀 world"
+    for mode in ("chared", "exact"):
+        result = Ensemble([scripted_member(script)], mode=mode).score("Q", script)
+        assert result.total_bits < 1e-3, (mode, result.byte_logprobs)
+
+
+def test_chared_score_of_a_one_round_text_matches_the_procedure(bl):
+    """Sum over round ends, checked on the first byte: P(first byte) equals the first step's choice."""
+    ens = Ensemble([bl])
+    run = _Decoding(ens, "Tom has", 10, 1.0, 1.0, 0, None)
+    states = run._open_round()
+    idx = bl.assets.index
+    masses = idx.split(states[0].sorted_probs, 0, len(idx), 0).masses
+    total = masses.sum() + states[0].eos_mass
+    result = ens.score("Tom has", " 3")
+    assert result.byte_logprobs[0] == pytest.approx(math.log(masses[ord(" ")] / total), rel=1e-9)
+
+
+def test_chared_score_sums_over_where_the_first_round_ends(bl):
+    """P(b1 b2) = c0[b1] * (c0|b1[b2] + c0|b1[END] * c1[b2]): both ways the procedure writes 2 bytes."""
+    ens, prompt = Ensemble([bl]), "Tom has"
+    session, idx = bl.open_session(prompt), bl.assets.index
+
+    def step(prefix: bytes, start: int):
+        """Combined option distribution in a round opened at `start`, after in-round bytes `prefix`."""
+        st = session.round_state(session.token_ids(prefix[:start]), b"")
+        lo, hi = 0, len(idx)
+        for depth, byte in enumerate(prefix[start:]):
+            lo, hi = idx.split(st.sorted_probs, lo, hi, depth).byte_range(byte)
+        masses = idx.split(st.sorted_probs, lo, hi, len(prefix) - start).masses
+        dist = np.append(masses, st.eos_mass if len(prefix) == start else 0.0)
+        return dist / dist.sum()
+
+    c0 = step(b"", 0)
+    b1 = int(np.argmax(c0[:256]))
+    c01, c1 = step(bytes([b1]), 0), step(bytes([b1]), 1)
+    assert c01[256] > 0  # a token equal to b1 exists, so the round may end after it
+    b2 = int(np.argmax(c01[:256] + c01[256] * c1[:256]))
+    want = [math.log(c0[b1]), math.log(c01[b2] + c01[256] * c1[b2])]
+    got = ens.score(prompt, bytes([b1, b2]).decode()).byte_logprobs
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_exact_one_member_beats_or_equals_canonical_tokenization(bl):
+    """Summing over tokenizations can only add probability to the canonical path (no pruning)."""
+    # No pruning: keep it short, paths grow ~2^bytes on a random model (and ~4^bytes with
+    # byte fallback, where "a" and <0x61> are two tokens with the same bytes).
+    prompt, text = "Tom", " has 3"
+    exact = Ensemble([bl], mode="exact", beam_width=10**6, prune_threshold=0.0).score(prompt, text)
+    session = bl.open_session(prompt)
+    full = session.token_ids(text.encode())
+    start = len(session.token_ids(b""))
+    canonical = 0.0
+    for i in range(start, len(full)):
+        probs, _ = session.next_token_probs(full[:i])
+        pos = int(np.flatnonzero(bl.assets.index.sorted_ids == full[i])[0])
+        canonical += math.log(probs[pos])
+    assert -sum(exact.byte_logprobs) <= -canonical + 1e-9
+
+
+def test_token_healing_rewrites_the_cut_bytes_without_emitting_them(bl, bf):
+    ens = Ensemble([bl, bf], token_healing=True)
+    result = ens.generate("Tom has 3 app", max_new_chars=10)
+    plain = Ensemble([bl, bf]).generate("Tom has 3 app", max_new_chars=10)
+    assert len(result.text) <= 10 and result.text.encode().decode() == result.text
+    assert result.stats.chars == len(result.text)
+    run = _Decoding(ens, "Tom has 3 app", 10, 0.0, 1.0, 0, None)
+    assert run.forced and b"Tom has 3 app".endswith(run.forced)
+    assert all(s.context_text == "Tom has 3 app"[: -len(run.forced)] for s in run.sessions)
+    assert isinstance(plain.text, str)
+
+
+def test_token_healing_scripted_member_continues_the_word():
+    """Healed, a member that writes "apples." after the cut continues the word; only "les." is output."""
+    prompt = "Tom has 3 app"
+    probe = _Decoding(Ensemble([scripted_member("x")], token_healing=True), prompt, 10, 0.0, 1.0, 0, None)
+    cut = probe.forced.decode()
+    assert cut and prompt.endswith(cut) and cut.endswith("app")
+    ens = Ensemble([scripted_member(cut + "les.")], token_healing=True)
+    result = ens.generate(prompt, max_new_chars=100)
+    assert result.text == "les." and result.finish_reason == "eos" and "".join(result.rounds) == "les."
