@@ -1,0 +1,11 @@
+"""Suite-wide settings.
+
+Subtle: torch's default of one OpenMP thread per core stalls at barriers when
+anything else runs on these 2 cores (seen: a tiny-model test 50x slower, 158 s
+instead of 3 s). Tests are many small matrix products, so one thread is both
+faster and steady. Integration tests on real models use the same setting.
+"""
+
+import torch
+
+torch.set_num_threads(1)
