@@ -2,9 +2,9 @@
 
     python benchmarks/exact_mode.py [--threads 1] [--gen-chars 60] [--out docs/exact_mode_results.md]
 
-For each text in benchmarks/texts/ the prompt is its first line (ending at a
-token boundary for both tokenizers: the continuation starts with a space or a
-newline) and the continuation is the rest.
+For each text in benchmarks/texts/ the prompt is its first line or sentence
+(ending at a token boundary for both tokenizers: the continuation starts with
+a space or a newline) and the continuation is the rest.
 
 1. Canonical vs exact, one member: canonical bits per byte = -sum log p(canonical
    tokens of the continuation) / bytes; exact = Ensemble([m], mode="exact").score.
@@ -41,8 +41,10 @@ WEIGHTS = (0.25, 0.5, 0.75)
 
 
 def split_text(text: str) -> tuple[str, str]:
-    first_newline = text.index("\n")
-    return text[:first_newline], text[first_newline:]
+    """Prompt = up to the first newline or sentence end; the continuation starts with "\n" or " "."""
+    cuts = [i for i in (text.find("\n"), text.find(". ") + 1) if 0 < i < len(text) - 1]
+    cut = min(cuts)
+    return text[:cut], text[cut:]
 
 
 def canonical_bits(member: Member, prompt: str, cont: str) -> tuple[float, int]:
