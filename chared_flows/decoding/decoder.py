@@ -31,7 +31,7 @@ from chared_flows.decoding.combine import (
 )
 from chared_flows.decoding.healing import drop_forced, force_byte, heal_prompt
 from chared_flows.decoding.exact import DEFAULT_BEAM_WIDTH, DEFAULT_PRUNE_THRESHOLD, ExactBeam
-from chared_flows.decoding.index import END, EOS, NUM_OPTIONS
+from chared_flows.decoding.index import END, EOS, option_distribution
 from chared_flows.decoding.members import Member, MemberSession, RoundState
 from chared_flows.decoding.sampling import choose, validate_decoding
 from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
@@ -281,7 +281,7 @@ class _Decoding:
             for k, st in enumerate(states):
                 split = None if ranges[k] is None else indexes[k].split(st.sorted_probs, *ranges[k], len(added))
                 splits.append(split)
-                conditionals.append(None if split is None else _conditional(split.masses, st.eos_mass if not added else 0.0))
+                conditionals.append(None if split is None else option_distribution(split.masses, st.eos_mass if not added else 0.0))
             combined = self.ens.combine(conditionals, self.ens.weights)
             self.stats.steps += 1
             if len(self.out) < len(self.forced):
@@ -387,15 +387,6 @@ class _Decoding:
             stats.output_tokens[name] = len(ids or []) - session.prompt_tokens
         rounds = _round_texts(drop_forced(round_bytes, len(self.forced)))
         return GenerationResult(self.text, self.finish or "length", rounds, stats)
-
-
-def _conditional(masses: np.ndarray, eos_mass: float) -> np.ndarray | None:
-    """[bytes 0..255, END] masses + EOS -> a distribution over the 258 options, or None if no mass."""
-    dist = np.empty(NUM_OPTIONS)
-    dist[:END + 1] = masses
-    dist[EOS] = eos_mass
-    total = dist.sum()
-    return dist / total if total > 0 else None
 
 
 def _round_texts(rounds: list[bytes]) -> list[str]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chared_flows.decoding.exact import ExactBeam
-from chared_flows.decoding.index import END, EOS, NUM_OPTIONS
+from chared_flows.decoding.index import END, option_distribution
 from chared_flows.decoding.members import MemberSession
 from chared_flows.decoding.utf8 import split_complete
 
@@ -140,7 +140,7 @@ def _walk_round(ens, sessions, data: bytes, j: int, log_alpha: np.ndarray, log_p
         for k, st in enumerate(states):
             split = None if ranges[k] is None else indexes[k].split(st.sorted_probs, *ranges[k], i - j)
             splits.append(split)
-            conditionals.append(None if split is None else _conditional(split.masses, st.eos_mass if i == j else 0.0))
+            conditionals.append(None if split is None else option_distribution(split.masses, st.eos_mass if i == j else 0.0))
         combined = ens.combine(conditionals, ens.weights)
         total = combined.sum() if combined.size else 0.0
         if not total > 0:
@@ -154,11 +154,3 @@ def _walk_round(ens, sessions, data: bytes, j: int, log_alpha: np.ndarray, log_p
         log_prefix[i + 1] = np.logaddexp(log_prefix[i + 1], log_round)
         for k, split in enumerate(splits):
             ranges[k] = None if split is None or split.masses[byte] <= 0 else split.byte_range(byte)
-
-
-def _conditional(masses: np.ndarray, eos_mass: float) -> np.ndarray | None:
-    dist = np.empty(NUM_OPTIONS)
-    dist[: END + 1] = masses
-    dist[EOS] = eos_mass
-    total = dist.sum()
-    return dist / total if total > 0 else None

@@ -23,10 +23,9 @@ import logging
 import os
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from chared_flows.errors import ConfigError, MissingExtraError
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec
