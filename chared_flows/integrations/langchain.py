@@ -99,9 +99,13 @@ class CharEDParams(BaseModel):
 
     @field_validator("weights")
     @classmethod
-    def _weights_non_negative(cls, weights: list[float] | None) -> list[float] | None:
-        if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
-            raise ValueError(f"weights {weights} must be non-negative with a positive sum")
+    def _weights_valid(cls, weights: list[float] | None) -> list[float] | None:
+        # The engine's own check (finite, >= 0, not all zero), so a file or a field
+        # fails early with the same message a direct Ensemble call would give.
+        from chared_flows.decoding.combine import normalise_weights
+
+        if weights is not None:
+            normalise_weights(weights, len(weights))
         return weights
 
     # --- what a call decodes with ---------------------------------------

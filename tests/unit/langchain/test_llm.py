@@ -72,6 +72,14 @@ def test_weight_count_mismatch_is_a_clear_error(fake_engine) -> None:
         CharEDLLM(models=["a", "b"], weights=[0.2, 0.3, 0.5]).invoke("x")
 
 
+@pytest.mark.parametrize(
+    "weights, message", [([float("nan"), 1.0], "weight 0 is nan"), ([-1, 2], "weight 0 is -1"), ([0, 0], "all zero")]
+)
+def test_bad_weights_are_refused_when_the_llm_is_built(weights, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        CharEDLLM(models=["a", "b"], weights=weights)
+
+
 def test_call_stop_is_merged_with_configured_stop(fake_engine) -> None:
     llm = CharEDLLM(models=["a"], stop=["\nQ:"])
     assert llm.invoke("p") == "[p|w=uniform|t=0] The answer is 5."
