@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-DEMO_PROMPT ?= Question: A baker makes 24 muffins in the morning and 18 in the afternoon. He sells 30. How many muffins are left?\nAnswer:
+DEMO_PROMPT ?= Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:
 
 .PHONY: setup demo test test-unit test-integration bench clean
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/chared generate "$(DEMO_PROMPT)" --models smollm2,gemma3-270m --weights 0.5,0.5 --max-new-chars 300 --stop '\nQuestion:'
+	printf '%b' '$(DEMO_PROMPT)' | $(BIN)/chared generate - --models smollm2,gemma3-270m --weights 0.5,0.5 --max-new-chars 200 --stop '\n'
 	$(BIN)/chared ab math_code_compare --limit 3
 
 test: setup
