@@ -84,6 +84,13 @@ def _active(conditionals: Conditionals, weights: np.ndarray) -> tuple[list[int],
     return active, (w / w.sum() if len(active) else w)
 
 
+def check_weights(weights: Sequence[float] | None) -> Sequence[float] | None:
+    """The weight checks alone (count aside), for configs validated before members exist."""
+    if weights is not None:
+        normalise_weights(weights, len(weights))
+    return weights
+
+
 def mixture(conditionals: Conditionals, weights: np.ndarray) -> np.ndarray:
     """Weighted average of the members' conditional distributions (the paper's rule).
 

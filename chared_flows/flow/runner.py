@@ -139,14 +139,8 @@ class WorkflowRunner:
         return samples
 
     def run_record(self) -> RunRecord:
-        spec, template = self.workflow.spec, self.workflow.template
         return RunRecord(
-            run_id=self.run_id,
-            workflow=spec.name,
-            workflow_version=spec.version,
-            template=template.name,
-            template_version=template.version,
-            template_hash=template.content_hash,
+            **self._identity(),
             dataset=json.dumps(self.dataset_ref, sort_keys=True, default=str),
             variants=list(self.workflow.variants),
             package_version=chared_flows.__version__,
@@ -265,20 +259,26 @@ class WorkflowRunner:
         return record
 
     def _blank_record(self, variant: VariantSpec, sample: Sample) -> SampleRecord:
-        spec, template = self.workflow.spec, self.workflow.template
         return SampleRecord(
-            run_id=self.run_id,
-            workflow=spec.name,
-            workflow_version=spec.version,
-            template=template.name,
-            template_version=template.version,
-            template_hash=template.content_hash,
+            **self._identity(),
             variant=variant.name,
             sample_id=sample.id,
             inputs=dict(sample.inputs),
             output="",
             reference=sample.reference,
             domain=sample.domain,
+        )
+
+    def _identity(self) -> dict[str, Any]:
+        """The fields that tie a run and each of its records to one workflow and template version."""
+        spec, template = self.workflow.spec, self.workflow.template
+        return dict(
+            run_id=self.run_id,
+            workflow=spec.name,
+            workflow_version=spec.version,
+            template=template.name,
+            template_version=template.version,
+            template_hash=template.content_hash,
         )
 
     def _notify(self, hook: str, *args: Any) -> None:

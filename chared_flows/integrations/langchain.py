@@ -100,13 +100,10 @@ class CharEDParams(BaseModel):
     @field_validator("weights")
     @classmethod
     def _weights_valid(cls, weights: list[float] | None) -> list[float] | None:
-        # The engine's own check (finite, >= 0, not all zero), so a file or a field
-        # fails early with the same message a direct Ensemble call would give.
-        from chared_flows.decoding.combine import normalise_weights
+        # The engine's own check, so a bad value fails early with the engine's message.
+        from chared_flows.decoding.combine import check_weights
 
-        if weights is not None:
-            normalise_weights(weights, len(weights))
-        return weights
+        return check_weights(weights)
 
     # --- what a call decodes with ---------------------------------------
 
