@@ -1,12 +1,18 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
+from chared_flows.decoding.backend import Backend, FactoryBackend, TokenRunner
 from chared_flows.decoding.decoder import Ensemble, GenerationResult, GenerationStats
 from chared_flows.decoding.index import PrefixIndex
 from chared_flows.decoding.members import Member, MemberAssets
 from chared_flows.decoding.scoring import ScoreResult
+from chared_flows.decoding.runner import TransformersBackend
 from chared_flows.decoding.vocab import BYTE_LEVEL, SENTENCEPIECE, ByteVocabulary
 
 __all__ = [
+    "Backend",
+    "FactoryBackend",
+    "TokenRunner",
+    "TransformersBackend",
     "BYTE_LEVEL",
     "SENTENCEPIECE",
     "ByteVocabulary",

@@ -32,16 +32,14 @@ probability (as the beam saw it) thrown away.
 KV caches: one per path, not one LCP-rolled-back runner per member. Measured
 (benchmarks/exact_mode.py notes, 1 thread): alternative tokenizations live
 for many bytes, so rolling one cache back to the paths' common prefix re-fed
-about 5 tokens per pass on Gemma (each paying its 262k-row output layer), while
-copying a 40-token cache costs about 1 ms against 40-70 ms for a 1-token pass.
-So a boundary path starts from a copy of its parent's cache and feeds exactly
-its one new token. Runners that are not a CachedRunner (test doubles) are just
-called with the full ids.
+about 5 tokens per pass on Gemma (each paying its 262k-row output layer).
+So a boundary path restores its parent's runner snapshot (copy-on-write, see
+runner.py) and feeds exactly its one new token. Stateless runners (test
+doubles) are simply called with the full ids.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,7 +48,6 @@ import numpy as np
 
 from chared_flows.decoding.index import END, EOS, NUM_OPTIONS, Split
 from chared_flows.decoding.members import MemberSession
-from chared_flows.decoding.runner import CachedRunner
 from chared_flows.decoding.utf8 import incomplete_tail_start
 
 DEFAULT_BEAM_WIDTH = 8
@@ -66,8 +63,8 @@ class Path:
     probs: np.ndarray | None = None  # next-token probs after ids (sorted order); None: pass owed
     eos: float = 0.0
     split: Split | None = None  # tokens starting with q, split by their byte at depth len(q)
-    cache: tuple | None = None  # (ids, KV cache holding ids): read-only once stored
-    parent_cache: tuple | None = None  # the cache this path's pass starts from (a copy of it)
+    cache: object | None = None  # the runner's snapshot after this path's pass
+    parent_cache: object | None = None  # the snapshot this path's pass starts from
 
     def log_weight(self) -> float:
         if not self.q:
@@ -183,14 +180,9 @@ class ExactBeam:
 
     def _forward(self, path: Path) -> tuple[np.ndarray, float]:
         runner = self.session.runner
-        if not isinstance(runner, CachedRunner):
-            return self.session.next_token_probs(path.ids)
         if path.parent_cache is not None:
-            # Subtle: the runner appends to its cache in place, so it must get a
-            # copy; the parent's cache stays valid for its other children.
-            parent_ids, parent_kv = path.parent_cache
-            runner._cache, runner._cached_ids, runner._last_logits = copy.deepcopy(parent_kv), list(parent_ids), None
+            runner.restore(path.parent_cache)  # copy-on-write: the parent's state stays valid for its siblings
         result = self.session.next_token_probs(path.ids)
-        path.cache = (path.ids, runner._cache)
+        path.cache = runner.snapshot()
         path.parent_cache = None  # let the parent's cache be freed once no path needs it
         return result

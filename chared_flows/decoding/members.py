@@ -8,8 +8,9 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from chared_flows.decoding.backend import Backend, FactoryBackend, TokenRunner
 from chared_flows.decoding.index import PrefixIndex
-from chared_flows.decoding.runner import CachedRunner, TokenRunner
+from chared_flows.decoding.runner import TransformersBackend
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.decoding.vocab import ByteVocabulary
 from chared_flows.errors import ConfigError, ContextWindowError
@@ -44,7 +45,7 @@ class MemberAssets:
     tokenizer: Any
     vocab: ByteVocabulary
     index: PrefixIndex
-    runner_factory: Callable[[], TokenRunner]
+    backend: Backend
     context_window: int | None = None
     source: str = ""
     model: Any = field(default=None, repr=False)
@@ -54,7 +55,7 @@ class MemberAssets:
         cls,
         name: str,
         tokenizer: Any,
-        runner_factory: Callable[[], TokenRunner],
+        backend: Backend | Callable[[], TokenRunner],
         *,
         num_rows: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
@@ -66,7 +67,9 @@ class MemberAssets:
         if getattr(tokenizer, "eos_token_id", None) is not None:
             eos.add(int(tokenizer.eos_token_id))
         vocab = ByteVocabulary.from_tokenizer(tokenizer, num_rows=num_rows, eos_token_ids=sorted(eos))
-        return cls(name, tokenizer, vocab, PrefixIndex(vocab), runner_factory, context_window, source, model)
+        if not hasattr(backend, "new_runner"):  # a bare runner factory
+            backend = FactoryBackend(backend, source=source or name)
+        return cls(name, tokenizer, vocab, PrefixIndex(vocab), backend, context_window, source, model)
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def assets_for_model(name: str, model: Any, tokenizer: Any, source: str = "") ->
     return MemberAssets.build(
         name,
         tokenizer,
-        lambda: CachedRunner(model),
+        TransformersBackend(model, source or name),
         num_rows=rows,
         eos_token_ids=eos,
         context_window=window,
@@ -160,7 +163,7 @@ class MemberSession:
     def __init__(self, member: Member, prompt: Prompt, temperature: float = 1.0):
         self.member = member
         self.context_text, self._add_special = member.render(prompt)
-        self.runner = member.assets.runner_factory()
+        self.runner = member.assets.backend.new_runner()
         self._start_ids = self._start_tokens()
         self.prompt_tokens = len(self._start_ids) + len(member.encode(self.context_text, self._add_special))
         self._temperature = temperature if temperature > 0 else 1.0

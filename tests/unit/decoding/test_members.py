@@ -43,6 +43,24 @@ def test_cached_runner_feeds_only_the_new_suffix():
     assert runner.tokens_fed == 6 + 1
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_snapshots_are_copy_on_write(arch):
+    """A snapshot stays valid while the runner (or another runner) moves on from it."""
+    model = tiny_model(120, seed=4, arch=arch)
+    runner, other, reference = CachedRunner(model), CachedRunner(model), UncachedRunner(model)
+    base = [3, 4, 5, 6, 7, 8, 9, 10]  # longer than the sliding window (6)
+    runner.next_logits(base)
+    snap = runner.snapshot()
+    runner.next_logits(base + [11, 12])  # writes after the snapshot
+    runner.next_logits(base[:3] + [30])  # rolls back below it
+    for target, child in ((other, base + [40]), (runner, base + [41, 42])):
+        target.restore(snap)
+        fed = target.tokens_fed
+        torch.testing.assert_close(target.next_logits(child), reference.next_logits(child), rtol=1e-4, atol=1e-5)
+        assert target.tokens_fed - fed == len(child) - len(base)  # only the new tokens
+    assert runner.cache_rebuilds == other.cache_rebuilds == 0
+
+
 def test_common_prefix_len():
     assert common_prefix_len([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix_len([], [1]) == 0
