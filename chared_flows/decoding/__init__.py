@@ -1,9 +1,11 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
 from chared_flows.decoding.backend import Backend, FactoryBackend, TokenRunner
+from chared_flows.decoding.config import DecodeConfig
 from chared_flows.decoding.decoder import Ensemble, GenerationResult, GenerationStats
 from chared_flows.decoding.index import PrefixIndex
-from chared_flows.decoding.members import Member, MemberAssets
+from chared_flows.decoding.assets import MemberAssets
+from chared_flows.decoding.members import Member
 from chared_flows.decoding.scoring import ScoreResult
 from chared_flows.decoding.runner import TransformersBackend
 from chared_flows.decoding.vocab import BYTE_LEVEL, SENTENCEPIECE, ByteVocabulary
@@ -16,6 +18,7 @@ __all__ = [
     "BYTE_LEVEL",
     "SENTENCEPIECE",
     "ByteVocabulary",
+    "DecodeConfig",
     "Ensemble",
     "GenerationResult",
     "GenerationStats",

@@ -20,39 +20,7 @@ import numpy as np
 
 from chared_flows.errors import ConfigError
 
-MODES = ("chared", "exact")
-RULES = ("mixture", "product", "adaptive")
-
 Conditionals = Sequence["np.ndarray | None"]
-
-
-def validate_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
-    return mode
-
-
-def validate_rule(rule: str) -> str:
-    if rule not in RULES:
-        raise ConfigError(f"unknown combination rule {rule!r}; use one of: {', '.join(RULES)}")
-    return rule
-
-
-def validate_beam(beam_width: int, prune_threshold: float) -> tuple[int, float]:
-    if not isinstance(beam_width, int) or isinstance(beam_width, bool) or beam_width < 1:
-        raise ConfigError(
-            f"beam_width is {beam_width!r}; it must be an integer >= 1 (1 keeps only the best tokenization)"
-        )
-    if (
-        not isinstance(prune_threshold, (int, float))
-        or isinstance(prune_threshold, bool)
-        or not math.isfinite(prune_threshold)
-        or not 0 <= prune_threshold < 1
-    ):
-        raise ConfigError(
-            f"prune_threshold is {prune_threshold!r}; it must lie in [0, 1) (0 turns pruning by mass off)"
-        )
-    return beam_width, float(prune_threshold)
 
 
 def normalise_weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
@@ -82,13 +50,6 @@ def _active(conditionals: Conditionals, weights: np.ndarray) -> tuple[list[int],
     active = [i for i, p in enumerate(conditionals) if p is not None and weights[i] > 0]
     w = np.asarray([weights[i] for i in active], dtype=np.float64)
     return active, (w / w.sum() if len(active) else w)
-
-
-def check_weights(weights: Sequence[float] | None) -> Sequence[float] | None:
-    """The weight checks alone (count aside), for configs validated before members exist."""
-    if weights is not None:
-        normalise_weights(weights, len(weights))
-    return weights
 
 
 def mixture(conditionals: Conditionals, weights: np.ndarray) -> np.ndarray:

@@ -1,16 +1,17 @@
-"""The CharED loop: members decode one text together, one byte at a time.
+"""The CharED loop: members decode one text together.
 
-A round = one forward pass per member on the text so far (each member
-tokenizes it its own canonical way). Inside a round we grow the in-round
-prefix `s` byte by byte: each member's candidates are its tokens that start
-with `s`; its next-byte distribution, plus END (a token equal to `s`) and EOS
-(only when `s` is empty), comes from the prefix index. The weighted mixture
-picks one option; END closes the round, EOS ends the text.
+mode="chared" (the paper): a round is one forward pass per member on the text so
+far, each member tokenizing it its own canonical way; inside the round the
+members' next-byte distributions (rounds.py) are combined by the ensemble's rule
+and the round writes bytes until END (a token ends) or EOS.
 
-mode="exact" (see exact.py) replaces rounds by one beam of tokenizations per
-member: each member's next-byte distribution is summed over every
-tokenization of the text so far, and members advance independently. Both
-modes combine members with the ensemble's rule (combine.py).
+mode="exact" (exact.py): each member keeps a beam of tokenizations and its
+next-byte distribution is summed over them; there are no rounds.
+
+What is written (search.py): greedy writes the most probable *unit* (in chared
+mode the round's most probable string; in exact mode the most probable way the
+members' current tokens end); sampling draws one byte at a time (exact by the
+chain rule), or whole characters from the nucleus when top_p < 1.
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from chared_flows.decoding.combine import (
-    RULE_FUNCTIONS,
-    normalise_weights,
-    validate_beam,
-    validate_mode,
-    validate_rule,
-)
-from chared_flows.decoding.healing import drop_forced, force_byte, heal_prompt
-from chared_flows.decoding.exact import DEFAULT_BEAM_WIDTH, DEFAULT_PRUNE_THRESHOLD, ExactBeam
-from chared_flows.decoding.index import END, EOS, option_distribution
-from chared_flows.decoding.members import Member, MemberSession, RoundState
-from chared_flows.decoding.sampling import choose, validate_decoding
+from chared_flows.decoding.combine import RULE_FUNCTIONS, normalise_weights
+from chared_flows.decoding.config import DecodeConfig
+from chared_flows.decoding.exact import ExactBeam, ExactSource
+from chared_flows.decoding.healing import drop_forced, heal_prompt
+from chared_flows.decoding.index import END, EOS
+from chared_flows.decoding.members import Member, MemberSession
+from chared_flows.decoding.rounds import EnsembleRound, MemberRound
 from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
+from chared_flows.decoding.search import SearchStats, Unit, best_unit, sample_unit
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError
 
@@ -47,7 +44,7 @@ class GenerationStats:
     chars: int = 0
     bytes: int = 0
     rounds: int = 0
-    steps: int = 0
+    steps: int = 0  # units written (greedy) or options drawn (sampling)
     forward_passes: dict[str, int] = field(default_factory=dict)
     tokens_fed: dict[str, int] = field(default_factory=dict)
     prompt_tokens: dict[str, int] = field(default_factory=dict)
@@ -55,6 +52,9 @@ class GenerationStats:
     abstentions: dict[str, int] = field(default_factory=dict)
     cache_rebuilds: dict[str, int] = field(default_factory=dict)
     pruned_mass: dict[str, float] = field(default_factory=dict)  # exact mode: mass pruned from each beam
+    search_expansions: int = 0  # byte-tree nodes opened by greedy / top-p searches
+    search_capped: int = 0  # searches that hit their cap (their result is then the best found, unproved)
+    healed_bytes: int = 0  # prompt bytes the first rounds rewrote (token healing)
 
     @property
     def total_forward_passes(self) -> int:
@@ -74,55 +74,45 @@ class GenerationResult:
 
 
 class Ensemble:
-    """N >= 1 members with weights; decodes text character by character.
+    """N >= 1 members decoding one text together, under one DecodeConfig.
 
     A prompt is a str (raw text, or one user turn for members with chat=True)
     or a list of {"role", "content"} messages, which every member renders with
     its own chat template.
 
-    mode: "chared" (the paper's rounds) or "exact" (beam over tokenizations).
-    rule: "mixture", "product" or "adaptive" (combine.py), in both modes.
-    beam_width / prune_threshold: exact mode's beam per member (paths kept at
-    most, and the smallest share of the beam's mass a path may hold); chared
-    scoring prunes round starts with the same threshold.
-    token_healing (chared mode): back the prompt off to its last token
-    boundary and make the first round(s) rewrite the removed bytes.
+    `Ensemble(members, config)` or `Ensemble(members, weights=..., mode=...)`:
+    keyword arguments are DecodeConfig fields (config.py) and override `config`.
+    Per call, `generate(prompt, max_new_chars=..., temperature=...)` overrides again.
     """
 
-    def __init__(
-        self,
-        members: Sequence[Member],
-        weights: Sequence[float] | None = None,
-        mode: str = "chared",
-        rule: str = "mixture",
-        beam_width: int = DEFAULT_BEAM_WIDTH,
-        prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
-        token_healing: bool = False,
-    ):
+    def __init__(self, members: Sequence[Member], config: DecodeConfig | None = None, **overrides: Any):
         members = list(members)
         for i, m in enumerate(members):
             if not isinstance(m, Member):
                 raise ConfigError(f"member {i} is a {type(m).__name__}; pass Member objects (Member.load(spec))")
-        self.weights = normalise_weights(weights, len(members))
+        base = config if config is not None else DecodeConfig()
+        if not isinstance(base, DecodeConfig):
+            raise ConfigError(f"config is a {type(base).__name__}; pass a DecodeConfig")
+        self.config = base.replace(**overrides)
+        self.weights = normalise_weights(self.config.weights, len(members))
         self.members = members
-        self.mode = validate_mode(mode)
-        self.rule = validate_rule(rule)
-        self.combine = RULE_FUNCTIONS[self.rule]
-        self.beam_width, self.prune_threshold = validate_beam(beam_width, prune_threshold)
-        self.token_healing = bool(token_healing)
+        self.combine = RULE_FUNCTIONS[self.config.rule]
         self.names = _unique_names([m.name for m in members])
+
+    # Read-only views of the config, for callers of the earlier API.
+    mode = property(lambda self: self.config.mode)
+    rule = property(lambda self: self.config.rule)
+    beam_width = property(lambda self: self.config.beam_width)
+    prune_threshold = property(lambda self: self.config.prune_threshold)
+    token_healing = property(lambda self: self.config.token_healing)
 
     def describe(self) -> dict:
         return {
             "members": list(self.names),
             "families": [m.family for m in self.members],
             "chat": [m.chat for m in self.members],
+            **self.config.ensemble_fields(),
             "weights": [float(w) for w in self.weights],
-            "mode": self.mode,
-            "rule": self.rule,
-            "beam_width": self.beam_width,
-            "prune_threshold": self.prune_threshold,
-            "token_healing": self.token_healing,
         }
 
     def score(self, prompt, continuation: str) -> ScoreResult:
@@ -134,47 +124,34 @@ class Ensemble:
         """
         if not isinstance(continuation, str):
             raise ConfigError(f"continuation is a {type(continuation).__name__}; pass a str")
-        if self.mode == "exact":
+        if self.config.mode == "exact":
             return score_exact(self, prompt, continuation)
         return score_chared(self, prompt, continuation)
 
-    def generate(
-        self,
-        prompt: str,
-        max_new_chars: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-    ) -> GenerationResult:
-        run = _Decoding(self, prompt, max_new_chars, temperature, top_p, seed, stop)
+    def generate(self, prompt, config: DecodeConfig | None = None, **overrides: Any) -> GenerationResult:
+        run = _Decoding(self, prompt, self._call_config(config, overrides))
         for _ in run.chars():
             pass
         return run.result()
 
-    def stream(
-        self,
-        prompt: str,
-        max_new_chars: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-    ) -> Iterator[str]:
+    def stream(self, prompt, config: DecodeConfig | None = None, **overrides: Any) -> Iterator[str]:
         """Yield text as it is decided; text that may start a stop string is held back until it cannot."""
-        return iter(self.start_stream(prompt, max_new_chars, temperature, top_p, seed, stop))
+        return iter(self.start_stream(prompt, config, **overrides))
 
-    def start_stream(
-        self,
-        prompt: str,
-        max_new_chars: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-    ) -> "StreamingGeneration":
+    def start_stream(self, prompt, config: DecodeConfig | None = None, **overrides: Any) -> "StreamingGeneration":
         """Like stream(), but the returned object also holds `.result` once exhausted."""
-        return StreamingGeneration(_Decoding(self, prompt, max_new_chars, temperature, top_p, seed, stop))
+        return StreamingGeneration(_Decoding(self, prompt, self._call_config(config, overrides)))
+
+    def _call_config(self, config: DecodeConfig | None, overrides: dict[str, Any]) -> DecodeConfig:
+        if "stop" in overrides and overrides["stop"] is None:
+            overrides["stop"] = ()
+        call = (config or self.config).replace(**overrides)
+        if call.ensemble_fields() != self.config.ensemble_fields():
+            changed = sorted(k for k, v in call.ensemble_fields().items() if self.config.ensemble_fields()[k] != v)
+            raise ConfigError(
+                f"{', '.join(changed)} describe the ensemble, not one call; build an Ensemble with them instead"
+            )
+        return call
 
 
 class StreamingGeneration:
@@ -216,136 +193,122 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return best
 
 
-def _validate_stop(stop: Sequence[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    out = []
-    for s in stop:
-        if not isinstance(s, str) or not s:
-            raise ConfigError(f"stop string {s!r} is invalid; stop strings must be non-empty str")
-        out.append(s)
-    return out
-
-
 class _Decoding:
     """State of one generate/stream call: sessions, output bytes, stop and length bookkeeping."""
 
-    def __init__(self, ens: Ensemble, prompt, max_new_chars, temperature, top_p, seed, stop):
+    def __init__(self, ens: Ensemble, prompt, config: DecodeConfig):
         if not isinstance(prompt, (str, list, tuple)):
             raise ConfigError(f"prompt is a {type(prompt).__name__}; pass a str or a list of chat messages")
-        validate_decoding(max_new_chars, temperature, top_p)
         self.ens = ens
-        self.stop = _validate_stop(stop)
-        self.max_new_chars = max_new_chars
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.rng = np.random.default_rng(seed)
+        self.config = config
+        self.stop = list(config.stop)
+        self.rng = np.random.default_rng(config.seed)
         self.sessions: list[MemberSession | None] = []
         for member, weight in zip(ens.members, ens.weights):
-            session = member.open_session(prompt, self.temperature)
+            session = member.open_session(prompt, config.temperature)
             session.check_prompt_fits()
             # A zero-weight member cannot change any choice: skip its forward passes.
             self.sessions.append(session if weight > 0 else None)
         # Token healing: bytes cut from the prompt that the first round(s) must write again.
-        self.forced = heal_prompt([s for s in self.sessions if s]) if ens.token_healing and ens.mode == "chared" else b""
-        self.beams: list[ExactBeam | None] | None = None
+        healing = config.token_healing and config.mode == "chared"
+        self.forced = heal_prompt([s for s in self.sessions if s]) if healing else b""
+        self.exact: ExactSource | None = None
         self.out = bytearray()
         self.text = ""
         self.round_bytes: list[bytes] = []
         self.finish: str | None = None
-        self.stats = GenerationStats()
+        self.stats = GenerationStats(healed_bytes=len(self.forced))
+        self.search = SearchStats()
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._started = time.perf_counter()
 
     def chars(self) -> Iterator[str]:
-        """Run rounds until finished, yielding each character as it completes."""
+        """Run until finished, yielding each character as it completes."""
         step = self._exact_step if self.ens.mode == "exact" else self._round
         while self.finish is None:
             yield from step()
         self.stats.wall_time_s = time.perf_counter() - self._started
 
+    # --- chared mode ----------------------------------------------------------
+
     def _round(self) -> Iterator[str]:
-        states = self._open_round()
+        source = self._open_round()
         if self.finish is not None:
             return
-        indexes = [m.assets.index for m in self.ens.members]
-        ranges: list[tuple[int, int] | None] = [
-            (0, len(idx)) if st is not None else None for idx, st in zip(indexes, states)
-        ]
-        added = bytearray()
         self.stats.rounds += 1
-        while True:
-            conditionals, splits = [], []
-            for k, st in enumerate(states):
-                split = None if ranges[k] is None else indexes[k].split(st.sorted_probs, *ranges[k], len(added))
-                splits.append(split)
-                conditionals.append(None if split is None else option_distribution(split.masses, st.eos_mass if not added else 0.0))
-            combined = self.ens.combine(conditionals, self.ens.weights)
-            self.stats.steps += 1
-            if len(self.out) < len(self.forced):
-                combined = force_byte(combined, self.forced[len(self.out)], allow_end=bool(added))
-            if combined.size == 0 or not combined.sum() > 0:
-                # Dead end (no member can continue): drop any half character, end the text.
+        added = bytearray()
+        while self.finish is None:
+            unit = self._pick(source)
+            if unit is None:  # dead end (no member can continue): drop any half character, end the text
                 self._finish("eos")
                 break
-            option = choose(combined, self.temperature, self.top_p, self.rng)
-            if option == EOS:
+            added += unit.data
+            yield from self._emit_all(unit.data)
+            if unit.terminal == EOS:
                 self._finish("eos")
+            if unit.terminal is not None:
                 break
-            if option == END:
-                break
-            added.append(option)
-            for k, split in enumerate(splits):
-                lo_hi = None if split is None or split.masses[option] <= 0 else split.byte_range(option)
-                ranges[k] = lo_hi
-            yield from self._emit(option)
-            if self.finish is not None:
-                break
+            source = unit.source
         if added:
             self.round_bytes.append(bytes(added))
 
-    def _exact_step(self) -> Iterator[str]:
-        """One byte in exact mode: every member's beam gives a distribution; no rounds."""
-        if self.beams is None:  # built here, not in __init__: building consumes the prompt's tail
-            self.beams = [None if s is None else ExactBeam(s, self.ens.beam_width, self.ens.prune_threshold)
-                          for s in self.sessions]
-        pending = split_complete(bytes(self.out))[1]
-        dists = [None if b is None else b.distribution(pending) for b in self.beams]
-        if any(b is not None and b.window_full for b in self.beams):
-            self._finish("length")  # a path reached a member's context window
-            return
-        for name, beam, dist in zip(self.ens.names, self.beams, dists):
-            if beam is not None and dist is None:
-                self.stats.abstentions[name] = self.stats.abstentions.get(name, 0) + 1
-        combined = self.ens.combine(dists, self.ens.weights)
-        self.stats.steps += 1
-        if combined.size == 0 or not combined.sum() > 0:
-            self._finish("eos")
-            return
-        option = choose(combined, self.temperature, self.top_p, self.rng)
-        if option == EOS:
-            self._finish("eos")
-            return
-        for beam in self.beams:
-            if beam is not None and beam.alive:
-                beam.advance(option)
-        yield from self._emit(option)
-
-    def _open_round(self) -> list[RoundState | None]:
+    def _open_round(self) -> EnsembleRound:
         """One forward pass per active member on the text so far."""
         pending = split_complete(bytes(self.out))[1]
-        states: list[RoundState | None] = []
+        members: list[MemberRound | None] = []
         for name, session in zip(self.ens.names, self.sessions):
             ids = None if session is None else session.token_ids(bytes(self.out))
             if session is not None and ids is None:
                 self.stats.abstentions[name] = self.stats.abstentions.get(name, 0) + 1
             if ids is not None and not session.fits(ids):
                 self._finish("length")  # a member's context window is full
-                return []
-            states.append(None if ids is None else session.round_state(ids, pending))
-        return states
+                return None
+            members.append(None if ids is None else session.member_round(ids, pending))
+        forced = self.forced[len(self.out):]
+        return EnsembleRound(members, self.ens.combine, self.ens.weights, pending, forced)
+
+    # --- exact mode -------------------------------------------------------------
+
+    def _exact_step(self) -> Iterator[str]:
+        """One unit in exact mode: every member's beam gives a distribution; no rounds."""
+        if self.exact is None:  # built here, not in __init__: building reads the prompt's tail
+            beams = [None if s is None else ExactBeam.start(s, self.config.beam_width, self.config.prune_threshold)
+                     for s in self.sessions]
+            self.exact = ExactSource(beams, self.ens.combine, self.ens.weights)
+        for name, dist in zip(self.ens.names, self.exact.member_distributions()):
+            if dist is None and self.sessions[self.ens.names.index(name)] is not None:
+                self.stats.abstentions[name] = self.stats.abstentions.get(name, 0) + 1
+        if self.exact.window_full:
+            self._finish("length")  # a path reached a member's context window
+            return
+        root = self.exact.lookahead() if self.config.greedy else self.exact
+        unit = self._pick(root)
+        if unit is None:
+            self._finish("eos")
+            return
+        for byte in unit.data:
+            self.exact = self.exact.advance(byte)
+            yield from self._emit(byte)
+            if self.finish is not None:
+                return
+        if unit.terminal == EOS:
+            self._finish("eos")
+
+    # --- shared -----------------------------------------------------------------
+
+    def _pick(self, source) -> Unit | None:
+        self.stats.steps += 1
+        if self.config.greedy:
+            unit = best_unit(source, self.search)
+        else:
+            unit = sample_unit(source, self.config.top_p, self.rng, self.search)
+        return unit
+
+    def _emit_all(self, data: bytes) -> Iterator[str]:
+        for byte in data:
+            yield from self._emit(byte)
+            if self.finish is not None:
+                return
 
     def _emit(self, byte: int) -> Iterator[str]:
         self.out.append(byte)
@@ -360,7 +323,7 @@ class _Decoding:
             if matched is not None:
                 self.text = self.text[: -len(matched)]
                 self._finish("stop")
-            elif self.stats.chars >= self.max_new_chars:
+            elif self.stats.chars >= self.config.max_new_chars:
                 self._finish("length")
             yield ch
 
@@ -371,9 +334,11 @@ class _Decoding:
     def result(self) -> GenerationResult:
         stats = self.stats
         stats.bytes = len(self.text.encode("utf-8"))
+        stats.search_expansions = self.search.expansions
+        stats.search_capped = self.search.capped
         final = bytes(self.out)
         round_bytes = self.round_bytes if self.ens.mode == "chared" else [final]
-        for name, beam in zip(self.ens.names, self.beams or []):
+        for name, beam in zip(self.ens.names, self.exact.beams if self.exact else []):
             if beam is not None:
                 stats.pruned_mass[name] = beam.pruned_mass
         for name, session in zip(self.ens.names, self.sessions):

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
 from chared_flows.decoding.index import END, EOS, NUM_OPTIONS, Split
 from chared_flows.decoding.members import MemberSession
-from chared_flows.decoding.utf8 import incomplete_tail_start
+from chared_flows.decoding.rounds import Cursor, EnsembleRound, MemberRound, Rule
+from chared_flows.decoding.utf8 import next_byte_mask, pending_after
 
 DEFAULT_BEAM_WIDTH = 8
 DEFAULT_PRUNE_THRESHOLD = 1e-3  # see the module docstring: bounds the error in bits
@@ -63,6 +64,8 @@ class Path:
     probs: np.ndarray | None = None  # next-token probs after ids (sorted order); None: pass owed
     eos: float = 0.0
     split: Split | None = None  # tokens starting with q, split by their byte at depth len(q)
+    lo: int = 0  # the tokens starting with q are [lo, hi) of the sorted index
+    hi: int = 0
     cache: object | None = None  # the runner's snapshot after this path's pass
     parent_cache: object | None = None  # the snapshot this path's pass starts from
 
@@ -73,32 +76,41 @@ class Path:
         return self.logp + math.log(longer) if longer > 0 else -math.inf
 
 
-@lru_cache(maxsize=4096)
-def byte_mask(pending: bytes) -> np.ndarray:
-    """Bytes that keep `pending + byte` a valid UTF-8 prefix (pending: the incomplete tail)."""
-    return np.fromiter((incomplete_tail_start(pending + bytes([b])) is not None for b in range(256)), bool, 256)
-
-
 class ExactBeam:
-    """One member's beam of tokenizations of the text read so far."""
+    """One member's beam of tokenizations of the text read so far.
 
-    def __init__(
-        self,
+    Persistent: `advance(byte)` returns a new beam and leaves this one valid, so a
+    search can look ahead from it. Forward passes owed by a path run once, when a
+    distribution is first asked for, and are shared by every beam holding the path
+    (the runner restores each path's parent snapshot, so the order does not matter).
+    """
+
+    def __init__(self, session: MemberSession, paths: list[Path], beam_width: int, log_threshold: float,
+                 kept_log: float = 0.0):
+        self.session = session
+        self.index = session.member.assets.index
+        self.paths = paths
+        self.beam_width = beam_width
+        self.log_threshold = log_threshold
+        self.kept_log = kept_log  # log of the fraction of mass that pruning kept, over all steps
+        self.window_full = False
+        self._dist: dict[bytes, np.ndarray | None] = {}
+
+    @classmethod
+    def start(
+        cls,
         session: MemberSession,
         beam_width: int = DEFAULT_BEAM_WIDTH,
         prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
         backoff_tokens: int = DEFAULT_BACKOFF_TOKENS,
-    ):
-        self.session = session
-        self.index = session.member.assets.index
-        self.beam_width = beam_width
-        self.log_threshold = math.log(prune_threshold) if prune_threshold > 0 else -math.inf
-        self.kept_log = 0.0  # log of the fraction of mass that pruning kept, over all steps
-        self.window_full = False
-        anchor_ids, self.prompt_tail = session.anchor(backoff_tokens)
-        self.paths = [Path(tuple(anchor_ids), 0.0)]
-        for byte in self.prompt_tail:
-            self.advance(byte)
+    ) -> "ExactBeam":
+        """A beam at the end of the session's prompt, its last tokens read as bytes."""
+        anchor_ids, tail = session.anchor(backoff_tokens)
+        log_threshold = math.log(prune_threshold) if prune_threshold > 0 else -math.inf
+        beam = cls(session, [Path(tuple(anchor_ids), 0.0)], beam_width, log_threshold)
+        for byte in tail:
+            beam = beam.advance(byte)
+        return beam
 
     @property
     def pruned_mass(self) -> float:
@@ -111,6 +123,8 @@ class ExactBeam:
 
     def distribution(self, pending: bytes) -> np.ndarray | None:
         """Next-option distribution [bytes 0..255, END (always 0), EOS]; None if no path is left."""
+        if pending in self._dist:
+            return self._dist[pending]
         self._run_owed_passes()
         if not self.paths:
             return None
@@ -121,21 +135,40 @@ class ExactBeam:
             out[:END] += scale * path.split.masses[:END]
             if not path.q:
                 out[EOS] += scale * path.eos
-        out[:END] *= byte_mask(pending)
+        out[:END] *= next_byte_mask(pending)
         if pending:  # EOS only at a character boundary
             out[EOS] = 0.0
         total = out.sum()
-        return out / total if total > 0 else None
+        self._dist[pending] = out / total if total > 0 else None
+        return self._dist[pending]
 
-    def advance(self, byte: int) -> None:
-        """Consume one byte: extend every path that can read it; spawn boundary paths; prune."""
+    def advance(self, byte: int) -> "ExactBeam":
+        """The beam one byte further: extend every path that can read it; spawn boundary paths; prune."""
         self._run_owed_passes()
         new: list[Path] = []
         for path in self.paths:
             if path.split.masses[byte] > 0:
                 new.extend(self._extend(path, byte))
-        self.paths = new
-        self._prune()
+        beam = ExactBeam(self.session, new, self.beam_width, self.log_threshold, self.kept_log)
+        beam.window_full = self.window_full
+        beam._prune()
+        return beam
+
+    def lookahead(self) -> MemberRound | None:
+        """The rest of the current token as a round: one cursor per path, weighted by P(path).
+
+        No forward pass beyond the ones owed now: the round asks only how each path's
+        current token ends (END), which is the unit greedy search compares.
+        """
+        self._run_owed_passes()
+        if not self.paths:
+            return None
+        ref = max(p.logp for p in self.paths)
+        cursors = [
+            Cursor(math.exp(p.logp - ref), p.probs, 0.0 if p.q else p.eos, p.lo, p.hi, len(p.q))
+            for p in self.paths
+        ]
+        return MemberRound(self.index, cursors)
 
     def _extend(self, path: Path, byte: int) -> list[Path]:
         lo, hi = path.split.byte_range(byte)
@@ -150,7 +183,7 @@ class ExactBeam:
                 token = int(self.index.sorted_ids[k])
                 out.append(Path(path.ids + (token,), path.logp + math.log(p), parent_cache=path.cache))
         if split.masses[:END].sum() > 0:
-            out.append(Path(path.ids, path.logp, q, path.probs, path.eos, split, path.cache))
+            out.append(Path(path.ids, path.logp, q, path.probs, path.eos, split, lo, hi, path.cache))
         return out
 
     def _prune(self) -> None:
@@ -167,8 +200,7 @@ class ExactBeam:
         self.paths = [self.paths[i] for i in keep if weights[i] > -math.inf]
 
     def _run_owed_passes(self) -> None:
-        # Sorted by ids, consecutive passes share long prefixes: the runner's
-        # LCP rollback then feeds only the last token or two.
+        # Sorted by ids, consecutive passes share long prefixes.
         owed = sorted((p for p in self.paths if p.probs is None), key=lambda p: p.ids)
         for path in owed:
             if not self.session.fits(path.ids):
@@ -176,6 +208,7 @@ class ExactBeam:
                 self.paths = []
                 return
             path.probs, path.eos = self._forward(path)
+            path.lo, path.hi = 0, len(self.index)
             path.split = self.index.split(path.probs, 0, len(self.index), 0)
 
     def _forward(self, path: Path) -> tuple[np.ndarray, float]:
@@ -186,3 +219,42 @@ class ExactBeam:
         path.cache = runner.snapshot()
         path.parent_cache = None  # let the parent's cache be freed once no path needs it
         return result
+
+
+class ExactSource:
+    """The ensemble in exact mode as a byte source: the members' beams combined by the rule."""
+
+    def __init__(self, beams: Sequence[ExactBeam | None], rule: Rule, weights: np.ndarray, pending: bytes = b""):
+        self.beams = tuple(beams)
+        self.rule = rule
+        self.weights = weights
+        self.pending = pending
+        self._dist: np.ndarray | None | bool = False
+        self._children: dict[int, ExactSource] = {}
+
+    @property
+    def window_full(self) -> bool:
+        return any(b is not None and b.window_full for b in self.beams)
+
+    def member_distributions(self) -> list[np.ndarray | None]:
+        return [None if b is None else b.distribution(self.pending) for b in self.beams]
+
+    def distribution(self) -> np.ndarray | None:
+        if self._dist is False:
+            combined = self.rule(self.member_distributions(), self.weights)
+            total = combined.sum() if combined.size else 0.0
+            self._dist = combined / total if total > 0 else None
+        return self._dist
+
+    def advance(self, byte: int) -> "ExactSource":
+        child = self._children.get(byte)
+        if child is None:
+            beams = [b.advance(byte) if b is not None and b.alive else b for b in self.beams]
+            child = ExactSource(beams, self.rule, self.weights, pending_after(self.pending, byte))
+            self._children[byte] = child
+        return child
+
+    def lookahead(self) -> EnsembleRound:
+        """A round over the rest of each member's current token (greedy's unit in exact mode)."""
+        members = [None if b is None else b.lookahead() for b in self.beams]
+        return EnsembleRound(members, self.rule, self.weights, self.pending)

@@ -1,39 +1,66 @@
-"""Token healing for chared mode: back the prompt off to a token boundary, then rewrite it.
+"""Token healing for chared mode: back the prompt off to a natural boundary, then rewrite it.
 
-A prompt ending in " appl" is canonically tokenized with a token " appl"
-that the model would rarely choose itself, and the first round can only
-continue *after* it (the prompt-boundary problem). Healing cuts the prompt's
-last token off and constrains the first round(s) to write those bytes again,
-so the model may pick " apples" in one token. The rewritten bytes are prompt,
-not output: they are never yielded or counted.
+A prompt that ends inside what a member would write as one token (" ", "\\n",
+indentation, ": ", half a word) is tokenized canonically into a split the model
+rarely saw: after a lone " " token SmolLM2 writes newlines, not " the". Healing
+cuts the prompt's tail off every member's context and makes the first round(s)
+write those bytes again (rounds.EnsembleRound's `forced` bytes), so each member
+may cover them with the tokens it would have chosen, e.g. " the" or "\\n   ".
+The rewritten bytes are prompt, not output: never yielded or counted.
+
+Where to cut (all conditions together, the shortest such tail):
+- it holds every member's last token (each member may re-choose it);
+- it starts at a token boundary of *every* member, so what is left ends where
+  each member's own tokenization ends a token (cutting inside a token would
+  just move the unnatural split);
+- it swallows the whitespace run before it: after "):\\n    " a cut of the
+  indentation alone would leave a lone "\\n" token behind, the same trap again;
+- whole characters, at most MAX_HEALED_BYTES, and something left before it.
+If no tail meets them, nothing is cut (healing is best effort; exact mode reads the
+prompt's tail through its beam and needs none).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
-from chared_flows.decoding.index import END
 from chared_flows.decoding.members import MemberSession
+
+MAX_HEALED_BYTES = 48
+MAX_HEALED_TOKENS = 12
 
 
 def heal_prompt(sessions: Sequence[MemberSession]) -> bytes:
-    """Cut the longest last token among the members off every member's context; return the cut bytes.
-
-    Subtle: members with chat templates render different context texts, so
-    the cut must be a suffix of every member's text; it must also be whole
-    characters (the cut text and the prompt stay valid str). Otherwise nothing
-    is cut.
-    """
+    """Cut the healing tail off every session's context; return the cut bytes (b"" if none)."""
+    if not sessions:
+        return b""
     texts = [s.context_text.encode("utf-8") for s in sessions]
-    tails = sorted((s.anchor(1)[1] for s in sessions), key=len, reverse=True)
-    for tail in tails:
-        if tail and all(t.endswith(tail) and len(t) > len(tail) for t in texts) and _whole_chars(tail):
-            for session in sessions:
-                session.context_text = session.context_text[: -len(tail.decode("utf-8"))]
-            return tail
-    return b""
+    boundaries = [{n_bytes for _, n_bytes in s.tail_boundaries(MAX_HEALED_TOKENS)} for s in sessions]
+    cut = _choose_cut(texts, boundaries)
+    if not cut:
+        return b""
+    tail = texts[0][-cut:]
+    for session in sessions:
+        session.context_text = session.context_text[: -len(tail.decode("utf-8"))]
+    return tail
+
+
+def _choose_cut(texts: list[bytes], boundaries: list[set[int]]) -> int:
+    """The healing tail's length in bytes (0: none); see the module docstring."""
+    common = set.intersection(*boundaries)
+    shortest_text = min(len(t) for t in texts)
+    need = max((min((b for b in bs if b > 0), default=0) for bs in boundaries), default=0)
+    if need == 0:
+        return 0
+    for cut in sorted(b for b in common if need <= b <= MAX_HEALED_BYTES and b < shortest_text):
+        tail = texts[0][-cut:]
+        if not all(t.endswith(tail) for t in texts) or not _whole_chars(tail):
+            continue
+        before = texts[0][-cut - 1: -cut]
+        if before.isspace() and cut + 1 <= MAX_HEALED_BYTES:
+            continue  # whitespace right before the cut: cut further back
+        return cut
+    return 0
 
 
 def _whole_chars(data: bytes) -> bool:
@@ -42,23 +69,6 @@ def _whole_chars(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def force_byte(combined: np.ndarray, byte: int, allow_end: bool) -> np.ndarray:
-    """Keep only the forced byte (and END when the round may close here).
-
-    If the members give the forced byte no mass and END is not allowed, the
-    byte is still written (probability 1): the prompt says so.
-    """
-    if combined.size == 0:
-        combined = np.zeros(END + 2)
-    out = np.zeros_like(combined)
-    out[byte] = combined[byte]
-    if allow_end:
-        out[END] = combined[END]
-    if not out.sum() > 0:
-        out[byte] = 1.0
-    return out
 
 
 def drop_forced(rounds: list[bytes], n: int) -> list[bytes]:

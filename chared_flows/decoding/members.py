@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
-from chared_flows.decoding.backend import Backend, FactoryBackend, TokenRunner
-from chared_flows.decoding.index import PrefixIndex
-from chared_flows.decoding.runner import TransformersBackend
+from chared_flows.decoding.assets import MemberAssets, assets_for_model
+from chared_flows.decoding.models import load_assets
+from chared_flows.decoding.rounds import MemberRound
 from chared_flows.decoding.utf8 import split_complete
-from chared_flows.decoding.vocab import ByteVocabulary
 from chared_flows.errors import ConfigError, ContextWindowError
+
+__all__ = ["Member", "MemberAssets", "MemberSession", "Prompt", "assets_for_model"]
 
 
 Prompt = Union[str, Sequence[Mapping[str, str]]]
@@ -37,41 +38,6 @@ def _as_messages(prompt: Prompt) -> list[dict[str, str]]:
     return messages
 
 
-@dataclass
-class MemberAssets:
-    """The heavy, shareable part of a member: built once per model, used by many sessions."""
-
-    name: str
-    tokenizer: Any
-    vocab: ByteVocabulary
-    index: PrefixIndex
-    backend: Backend
-    context_window: int | None = None
-    source: str = ""
-    model: Any = field(default=None, repr=False)
-
-    @classmethod
-    def build(
-        cls,
-        name: str,
-        tokenizer: Any,
-        backend: Backend | Callable[[], TokenRunner],
-        *,
-        num_rows: int | None = None,
-        eos_token_ids: Sequence[int] | None = None,
-        context_window: int | None = None,
-        source: str = "",
-        model: Any = None,
-    ) -> "MemberAssets":
-        eos = set(eos_token_ids or [])
-        if getattr(tokenizer, "eos_token_id", None) is not None:
-            eos.add(int(tokenizer.eos_token_id))
-        vocab = ByteVocabulary.from_tokenizer(tokenizer, num_rows=num_rows, eos_token_ids=sorted(eos))
-        if not hasattr(backend, "new_runner"):  # a bare runner factory
-            backend = FactoryBackend(backend, source=source or name)
-        return cls(name, tokenizer, vocab, PrefixIndex(vocab), backend, context_window, source, model)
-
-
 @dataclass(frozen=True)
 class Member:
     """One model in an ensemble. Cheap to copy; the assets are shared."""
@@ -82,8 +48,6 @@ class Member:
     @classmethod
     def load(cls, spec: str, *, chat: bool = False, cache_dir: str | None = None, dtype: str = "float32") -> "Member":
         """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process)."""
-        from chared_flows.decoding.models import load_assets
-
         return cls(load_assets(spec, cache_dir=cache_dir, dtype=dtype), chat=chat)
 
     @classmethod
@@ -129,32 +93,6 @@ class Member:
 
     def open_session(self, prompt: Prompt, temperature: float = 1.0) -> "MemberSession":
         return MemberSession(self, prompt, temperature)
-
-
-def assets_for_model(name: str, model: Any, tokenizer: Any, source: str = "") -> MemberAssets:
-    model.eval()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-    rows = model.get_output_embeddings().weight.shape[0]
-    window = getattr(model.config, "max_position_embeddings", None)
-    return MemberAssets.build(
-        name,
-        tokenizer,
-        TransformersBackend(model, source or name),
-        num_rows=rows,
-        eos_token_ids=eos,
-        context_window=window,
-        source=source or name,
-        model=model,
-    )
-
-
-@dataclass
-class RoundState:
-    """A member's view of one round: sorted token probabilities (invalid tokens zeroed) and EOS mass."""
-
-    sorted_probs: np.ndarray
-    eos_mass: float
 
 
 class MemberSession:
@@ -216,12 +154,16 @@ class MemberSession:
         window = self.member.assets.context_window
         return window is None or len(ids) < window
 
-    def round_state(self, ids: Sequence[int], pending: bytes) -> RoundState:
-        """One forward pass: the member's next-token distribution, ready for marginals."""
+    def member_round(self, ids: Sequence[int], pending: bytes) -> MemberRound:
+        """One forward pass: this member's view of a round opened after `ids`.
+
+        Tokens that cannot continue the text as valid UTF-8 are zeroed here, at the
+        token level (so a round never needs renormalising per byte); EOS ends the
+        text, so it is possible only at a character boundary.
+        """
         sorted_probs, eos = self.next_token_probs(ids)
         sorted_probs = sorted_probs * self.member.assets.index.validity_mask(pending)
-        # EOS ends the text, so it is only possible at a character boundary.
-        return RoundState(sorted_probs, 0.0 if pending else eos)
+        return MemberRound.opening(self.member.assets.index, sorted_probs, 0.0 if pending else eos)
 
     def next_token_probs(self, ids: Sequence[int]) -> tuple[np.ndarray, float]:
         """One forward pass: text-token probabilities in sorted index order (unmasked) and EOS mass."""
@@ -237,17 +179,30 @@ class MemberSession:
 
         Exact mode starts its beam at the cut and consumes the cut bytes like
         generated ones, so the prompt's last (maybe partial) token is summed
-        over every tokenization. Subtle: we stop backing off at a special or
-        template token (no bytes), when a token's bytes are not literally the
-        text's tail (a normaliser rewrote them), and we always keep one id: a
-        forward pass needs something to condition on.
+        over every tokenization.
         """
         ids = self._start_ids + self.member.encode(self.context_text, self._add_special)
+        cuts = self.tail_boundaries(backoff_tokens, ids)
+        cut = cuts[-1]
         text = self.context_text.encode("utf-8")
-        cut, tail = len(ids), b""
-        while cut > 1 and len(ids) - cut < backoff_tokens:
-            data = self.member.assets.vocab.tokens[ids[cut - 1]]
+        return ids[: len(ids) - cut[0]], text[len(text) - cut[1]:]
+
+    def tail_boundaries(self, max_tokens: int, ids: list[int] | None = None) -> list[tuple[int, int]]:
+        """(tokens, bytes) cut off the context's end at each of its last token boundaries, nearest first.
+
+        Starts with (0, 0). Subtle: we stop at a special or template token (no
+        bytes), when a token's bytes are not literally the text's tail (a
+        normaliser rewrote them), and we always keep one id: a forward pass needs
+        something to condition on.
+        """
+        if ids is None:
+            ids = self._start_ids + self.member.encode(self.context_text, self._add_special)
+        text = self.context_text.encode("utf-8")
+        out, tail = [(0, 0)], b""
+        while len(out) <= max_tokens and len(ids) - len(out) >= 1:
+            data = self.member.assets.vocab.tokens[ids[len(ids) - len(out)]]
             if data is None or not text.endswith(data + tail):
                 break
-            tail, cut = data + tail, cut - 1
-        return ids[:cut], tail
+            tail = data + tail
+            out.append((len(out), len(tail)))
+        return out

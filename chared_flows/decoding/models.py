@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from chared_flows.decoding.members import MemberAssets, assets_for_model
+from chared_flows.decoding.assets import MemberAssets, assets_for_model
 from chared_flows.errors import ConfigError, ModelLoadError
 
 _DTYPES = ("float32", "bfloat16", "float16")

@@ -26,17 +26,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from chared_flows.decoding.exact import ExactBeam
-from chared_flows.decoding.index import END, option_distribution
-from chared_flows.decoding.members import MemberSession
+from chared_flows.decoding.exact import ExactBeam, ExactSource
+from chared_flows.decoding.index import END
+from chared_flows.decoding.members import Member, MemberSession
+from chared_flows.decoding.rounds import EnsembleRound
 from chared_flows.decoding.utf8 import split_complete
 
-if TYPE_CHECKING:  # pragma: no cover
-    from chared_flows.decoding.decoder import Ensemble
+
+class Scorable(Protocol):
+    """What scoring needs of an ensemble (decoder.Ensemble has it; no import circle)."""
+
+    members: Sequence[Member]
+    names: Sequence[str]
+    weights: np.ndarray
+    combine: Any
+    config: Any
 
 LN2 = math.log(2.0)
 
@@ -68,7 +76,7 @@ class ScoreResult:
         )
 
 
-def _open_sessions(ens: "Ensemble", prompt) -> list[MemberSession | None]:
+def _open_sessions(ens: Scorable, prompt) -> list[MemberSession | None]:
     sessions: list[MemberSession | None] = []
     for member, weight in zip(ens.members, ens.weights):
         session = member.open_session(prompt)
@@ -77,7 +85,7 @@ def _open_sessions(ens: "Ensemble", prompt) -> list[MemberSession | None]:
     return sessions
 
 
-def _passes(ens: "Ensemble", sessions) -> dict[str, int]:
+def _passes(ens: Scorable, sessions) -> dict[str, int]:
     return {n: s.runner.forward_passes for n, s in zip(ens.names, sessions) if s is not None}
 
 
@@ -85,25 +93,21 @@ def _log(p: float) -> float:
     return math.log(p) if p > 0 else -math.inf
 
 
-def score_exact(ens: "Ensemble", prompt, text: str) -> ScoreResult:
+def score_exact(ens: Scorable, prompt, text: str) -> ScoreResult:
     sessions = _open_sessions(ens, prompt)
-    beams = [None if s is None else ExactBeam(s, ens.beam_width, ens.prune_threshold) for s in sessions]
-    data = text.encode("utf-8")
+    cfg = ens.config
+    beams = [None if s is None else ExactBeam.start(s, cfg.beam_width, cfg.prune_threshold) for s in sessions]
+    source = ExactSource(beams, ens.combine, ens.weights)
     logprobs = []
-    for i, byte in enumerate(data):
-        pending = split_complete(data[:i])[1]
-        dists = [None if b is None else b.distribution(pending) for b in beams]
-        combined = ens.combine(dists, ens.weights)
-        total = combined.sum() if combined.size else 0.0
-        logprobs.append(_log(combined[byte] / total) if total > 0 else -math.inf)
-        for beam in beams:
-            if beam is not None and beam.alive:
-                beam.advance(byte)
-    pruned = max((b.pruned_mass for b in beams if b is not None), default=0.0)
+    for byte in text.encode("utf-8"):
+        dist = source.distribution()
+        logprobs.append(_log(dist[byte]) if dist is not None else -math.inf)
+        source = source.advance(byte)
+    pruned = max((b.pruned_mass for b in source.beams if b is not None), default=0.0)
     return ScoreResult.from_logprobs(logprobs, text, pruned, _passes(ens, sessions))
 
 
-def score_chared(ens: "Ensemble", prompt, text: str) -> ScoreResult:
+def score_chared(ens: Scorable, prompt, text: str) -> ScoreResult:
     sessions = _open_sessions(ens, prompt)
     data = text.encode("utf-8")
     n = len(data)
@@ -111,7 +115,8 @@ def score_chared(ens: "Ensemble", prompt, text: str) -> ScoreResult:
     log_alpha[0] = 0.0
     log_prefix = np.full(n + 1, -math.inf)
     log_prefix[0] = 0.0
-    log_threshold = math.log(ens.prune_threshold) if ens.prune_threshold > 0 else -math.inf
+    threshold = ens.config.prune_threshold
+    log_threshold = math.log(threshold) if threshold > 0 else -math.inf
     pruned = 0.0
     for j in range(n):
         if log_alpha[j] == -math.inf:
@@ -125,32 +130,24 @@ def score_chared(ens: "Ensemble", prompt, text: str) -> ScoreResult:
     return ScoreResult.from_logprobs(logprobs, text, min(pruned, 1.0), _passes(ens, sessions))
 
 
-def _walk_round(ens, sessions, data: bytes, j: int, log_alpha: np.ndarray, log_prefix: np.ndarray) -> None:
+def _walk_round(ens: Scorable, sessions, data: bytes, j: int, log_alpha: np.ndarray, log_prefix: np.ndarray) -> None:
     """One round opened at byte j, forced to follow data: add its END and prefix contributions."""
     pending = split_complete(data[:j])[1]
-    states = []
+    members = []
     for session in sessions:
         ids = None if session is None else session.token_ids(data[:j])
-        states.append(None if ids is None or not session.fits(ids) else session.round_state(ids, pending))
-    indexes = [m.assets.index for m in ens.members]
-    ranges = [(0, len(idx)) if st is not None else None for idx, st in zip(indexes, states)]
+        members.append(None if ids is None or not session.fits(ids) else session.member_round(ids, pending))
+    node = EnsembleRound(members, ens.combine, ens.weights, pending)
     log_round = log_alpha[j]
     for i in range(j, len(data)):
-        conditionals, splits = [], []
-        for k, st in enumerate(states):
-            split = None if ranges[k] is None else indexes[k].split(st.sorted_probs, *ranges[k], i - j)
-            splits.append(split)
-            conditionals.append(None if split is None else option_distribution(split.masses, st.eos_mass if i == j else 0.0))
-        combined = ens.combine(conditionals, ens.weights)
-        total = combined.sum() if combined.size else 0.0
-        if not total > 0:
+        dist = node.distribution()
+        if dist is None:
             return
-        if i > j and combined[END] > 0:
-            log_alpha[i] = np.logaddexp(log_alpha[i], log_round + math.log(combined[END] / total))
+        if dist[END] > 0:  # never at the round's start
+            log_alpha[i] = np.logaddexp(log_alpha[i], log_round + math.log(dist[END]))
         byte = data[i]
-        if not combined[byte] > 0:
+        if not dist[byte] > 0:
             return
-        log_round += math.log(combined[byte] / total)
+        log_round += math.log(dist[byte])
         log_prefix[i + 1] = np.logaddexp(log_prefix[i + 1], log_round)
-        for k, split in enumerate(splits):
-            ranges[k] = None if split is None or split.masses[byte] <= 0 else split.byte_range(byte)
+        node = node.advance(byte)

@@ -8,6 +8,10 @@ below applies the exact second-byte ranges of RFC 3629.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
+
 # lead byte -> (continuation bytes needed, allowed range of the first continuation byte)
 _LEADS: dict[int, tuple[int, int, int]] = {}
 for _b in range(0xC2, 0xE0):
@@ -59,3 +63,18 @@ def split_complete(data: bytes) -> tuple[bytes, bytes]:
     if cut is None:
         raise ValueError(f"not a valid UTF-8 prefix: {data[-8:]!r}")
     return data[:cut], data[cut:]
+
+
+@lru_cache(maxsize=4096)
+def next_byte_mask(pending: bytes) -> np.ndarray:
+    """Bytes that keep `pending + byte` a valid UTF-8 prefix (pending: the incomplete tail)."""
+    return np.fromiter((incomplete_tail_start(pending + bytes([b])) is not None for b in range(256)), bool, 256)
+
+
+def pending_after(pending: bytes, byte: int) -> bytes:
+    """The incomplete tail once `byte` follows `pending` (b"" when a character completes)."""
+    data = pending + bytes([byte])
+    cut = incomplete_tail_start(data)
+    if cut is None:
+        raise ValueError(f"byte {byte:#04x} cannot follow {pending!r} in UTF-8")
+    return data[cut:]

@@ -74,12 +74,16 @@ def test_weight_one_ensemble_scores_like_the_member_alone(mode):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(mode="beam"), "unknown mode 'beam'; use one of: chared, exact"),
-        (dict(rule="max"), "unknown combination rule 'max'; use one of: mixture, product, adaptive"),
-        (dict(beam_width=0), "beam_width is 0; it must be an integer >= 1"),
-        (dict(beam_width=2.5), "beam_width is 2.5"),
-        (dict(prune_threshold=-0.1), r"prune_threshold is -0.1; it must lie in \[0, 1\)"),
-        (dict(prune_threshold=float("nan")), "prune_threshold is nan"),
+        (dict(mode="beam"), "mode is 'beam': Input should be 'chared' or 'exact'"),
+        (dict(rule="max"), "rule is 'max': Input should be 'mixture', 'product' or 'adaptive'"),
+        (dict(beam_width=0), "beam_width is 0: Input should be greater than or equal to 1"),
+        (dict(beam_width=2.5), "beam_width is 2.5: Input should be a valid integer"),
+        (dict(beam_width=True), "beam_width is True: Input should be a valid integer"),
+        (dict(prune_threshold=-0.1), "prune_threshold is -0.1: Input should be greater than or equal to 0"),
+        (dict(prune_threshold=float("nan")), "prune_threshold must be finite, not nan"),
+        (dict(token_healing="yes"), "token_healing is 'yes': Input should be a valid boolean"),
+        (dict(max_new_chars=10**6), "max_new_chars is 1000000: Input should be less than or equal to 32768"),
+        (dict(wieghts=[1.0]), "unknown decoding parameter 'wieghts'"),
     ],
 )
 def test_bad_mode_rule_and_beam_settings_are_refused(kwargs, message):

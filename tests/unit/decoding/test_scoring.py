@@ -38,6 +38,10 @@ def test_empty_continuation_scores_zero_bits(bl):
     assert result.total_bits == 0 and result.bytes == 0 and math.isnan(result.bits_per_byte)
 
 
+def _decoding(ens, prompt):
+    return _Decoding(ens, prompt, ens.config.replace(max_new_chars=10))
+
+
 def test_scripted_text_scores_near_zero_bits_in_both_modes():
     script = "Hello 😀 world"
     for mode in ("chared", "exact"):
@@ -48,29 +52,23 @@ def test_scripted_text_scores_near_zero_bits_in_both_modes():
 def test_chared_score_of_a_one_round_text_matches_the_procedure(bl):
     """Sum over round ends, checked on the first byte: P(first byte) equals the first step's choice."""
     ens = Ensemble([bl])
-    run = _Decoding(ens, "Tom has", 10, 1.0, 1.0, 0, None)
-    states = run._open_round()
-    idx = bl.assets.index
-    masses = idx.split(states[0].sorted_probs, 0, len(idx), 0).masses
-    total = masses.sum() + states[0].eos_mass
+    session = bl.open_session("Tom has")
+    dist = session.member_round(session.token_ids(b""), b"").distribution(b"")
     result = ens.score("Tom has", " 3")
-    assert result.byte_logprobs[0] == pytest.approx(math.log(masses[ord(" ")] / total), rel=1e-9)
+    assert result.byte_logprobs[0] == pytest.approx(math.log(dist[ord(" ")]), rel=1e-9)
 
 
 def test_chared_score_sums_over_where_the_first_round_ends(bl):
     """P(b1 b2) = c0[b1] * (c0|b1[b2] + c0|b1[END] * c1[b2]): both ways the procedure writes 2 bytes."""
     ens, prompt = Ensemble([bl], prune_threshold=0.0), "Tom has"  # no round start may be pruned
-    session, idx = bl.open_session(prompt), bl.assets.index
+    session = bl.open_session(prompt)
 
     def step(prefix: bytes, start: int):
-        """Combined option distribution in a round opened at `start`, after in-round bytes `prefix`."""
-        st = session.round_state(session.token_ids(prefix[:start]), b"")
-        lo, hi = 0, len(idx)
-        for depth, byte in enumerate(prefix[start:]):
-            lo, hi = idx.split(st.sorted_probs, lo, hi, depth).byte_range(byte)
-        masses = idx.split(st.sorted_probs, lo, hi, len(prefix) - start).masses
-        dist = np.append(masses, st.eos_mass if len(prefix) == start else 0.0)
-        return dist / dist.sum()
+        """Option distribution in a round opened at `start`, after in-round bytes `prefix`."""
+        node = session.member_round(session.token_ids(prefix[:start]), b"")
+        for byte in prefix[start:]:
+            node = node.advance(byte, b"")
+        return node.distribution(b"")
 
     c0 = step(b"", 0)
     b1 = int(np.argmax(c0[:256]))
@@ -87,7 +85,7 @@ def test_exact_one_member_beats_or_equals_canonical_tokenization(bl):
     # No pruning: keep it short, paths grow ~2^bytes on a random model (and ~4^bytes with
     # byte fallback, where "a" and <0x61> are two tokens with the same bytes).
     prompt, text = "Tom", " has 3"
-    exact = Ensemble([bl], mode="exact", beam_width=10**6, prune_threshold=0.0).score(prompt, text)
+    exact = Ensemble([bl], mode="exact", beam_width=65_536, prune_threshold=0.0).score(prompt, text)
     session = bl.open_session(prompt)
     full = session.token_ids(text.encode())
     start = len(session.token_ids(b""))
@@ -105,7 +103,7 @@ def test_token_healing_rewrites_the_cut_bytes_without_emitting_them(bl, bf):
     plain = Ensemble([bl, bf]).generate("Tom has 3 app", max_new_chars=10)
     assert len(result.text) <= 10 and result.text.encode().decode() == result.text
     assert result.stats.chars == len(result.text)
-    run = _Decoding(ens, "Tom has 3 app", 10, 0.0, 1.0, 0, None)
+    run = _decoding(ens, "Tom has 3 app")
     assert run.forced and b"Tom has 3 app".endswith(run.forced)
     assert all(s.context_text == "Tom has 3 app"[: -len(run.forced)] for s in run.sessions)
     assert isinstance(plain.text, str)
@@ -114,7 +112,7 @@ def test_token_healing_rewrites_the_cut_bytes_without_emitting_them(bl, bf):
 def test_token_healing_scripted_member_continues_the_word():
     """Healed, a member that writes "apples." after the cut continues the word; only "les." is output."""
     prompt = "Tom has 3 app"
-    probe = _Decoding(Ensemble([scripted_member("x")], token_healing=True), prompt, 10, 0.0, 1.0, 0, None)
+    probe = _decoding(Ensemble([scripted_member("x")], token_healing=True), prompt)
     cut = probe.forced.decode()
     assert cut and prompt.endswith(cut) and cut.endswith("app")
     ens = Ensemble([scripted_member(cut + "les.")], token_healing=True)
