@@ -18,7 +18,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 DEMO_PROMPT ?= Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:
 
-.PHONY: setup demo test test-unit test-integration bench clean
+.PHONY: setup sandbox-tool demo test test-unit test-integration bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox-tool
+
+# HumanEval scoring runs generated code inside bubblewrap (README: "Running generated
+# code"). Installed here where we may (root and apt-get, as in CI); otherwise the one
+# command is printed, and the tests that need it skip with that reason.
+sandbox-tool:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap; }; \
+	else echo "note: bubblewrap is missing: generated code will not run and its tests skip; install it with: sudo apt-get install bubblewrap"; fi
 
 demo: setup
 	printf '%b' '$(DEMO_PROMPT)' | $(BIN)/chared generate - --models smollm2,gemma3-270m --weights 0.5,0.5 --max-new-chars 200 --stop '\n'

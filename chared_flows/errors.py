@@ -50,3 +50,7 @@ class MissingExtraError(CharedError, ImportError):
         )
         self.module = module
         self.extra = extra
+
+
+class SandboxUnavailableError(CharedError):
+    """Generated code would run without the sandbox (bubblewrap missing or not working)."""

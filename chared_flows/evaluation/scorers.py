@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chared_flows.evaluation.base import Sample, register_scorer
-from chared_flows.evaluation.sandbox import Limits, run_python
+from chared_flows.evaluation.sandbox import Limits, box_for, run_check
 from chared_flows.records import SampleRecord
 
 # A number as people write it: -1,234.50  $12  3/4 is not handled (GSM8K has none).
@@ -55,19 +55,25 @@ class NumericExactMatch:
 
 @dataclass
 class PassAt1:
-    """HumanEval: prompt + completion + tests + check(entry_point) in the sandbox."""
+    """HumanEval: check(entry_point) of the tests against prompt + completion, in the sandbox.
+
+    The completion runs in one bubblewrap sandbox, the tests in another, and only
+    the tests' side can report a pass (evaluation/sandbox.py). Where bubblewrap is
+    unavailable, building the scorer fails unless `unsafe_exec` (or
+    CHARED_UNSAFE_EXEC=1) allows running completions unsandboxed.
+    """
 
     timeout_s: float = 10.0
+    unsafe_exec: bool = False
     name: str = "pass_at_1"
 
-    def program(self, sample: Sample, output: str) -> str:
-        ref = sample.reference
-        return (
-            sample.inputs["prompt"] + output + "\n\n" + ref["test"] + "\n" + f"check({ref['entry_point']})\n"
-        )
+    def __post_init__(self) -> None:
+        box_for(self.unsafe_exec)  # refuse now, before any model is loaded
 
     def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
-        result = run_python(self.program(sample, output), Limits(timeout_s=self.timeout_s))
+        ref = sample.reference
+        result = run_check(sample.inputs["prompt"], output, ref["test"], ref["entry_point"],
+                           Limits(timeout_s=self.timeout_s), unsafe=self.unsafe_exec)
         return {"pass_at_1": float(result.passed)}
 
 
@@ -88,8 +94,8 @@ def _numeric_exact_match() -> NumericExactMatch:
 
 
 @register_scorer("pass_at_1")
-def _pass_at_1(timeout_s: float = 10.0) -> PassAt1:
-    return PassAt1(timeout_s=timeout_s)
+def _pass_at_1(timeout_s: float = 10.0, unsafe_exec: bool = False) -> PassAt1:
+    return PassAt1(timeout_s=timeout_s, unsafe_exec=unsafe_exec)
 
 
 @register_scorer("latency")
