@@ -71,40 +71,99 @@ def unescape(text: str) -> str:
         return text
 
 
+# --- decoding options, derived from the engine's DecodeFields ----------------------
+
+
+def _field_kind(annotation) -> tuple[str, tuple]:
+    """(kind, choices) of a DecodeFields annotation: literal, bool, int, float, floats, strings."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "literal", args
+    if origin is tuple:
+        return ("floats" if args[0] is float else "strings"), ()
+    return {bool: "bool", int: "int", float: "float"}[annotation], ()
+
+
+def add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """One flag per engine decoding field, with the engine's description, default and choices."""
+    from chared_flows.decoding.config import DecodeFields
+
+    group = p.add_argument_group("decoding (every DecodeConfig field; unset flags take the default shown)")
+    for name, info in DecodeFields.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind, choices = _field_kind(info.annotation)
+        default = info.default if info.default not in ((), None) else "unset"
+        text = f"{info.description} (default: {default})"
+        if kind == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind == "literal":
+            group.add_argument(flag, choices=choices, default=None, help=text)
+        elif kind == "strings":
+            group.add_argument(flag, action="append", default=None, type=unescape, metavar="TEXT",
+                               help=text + r"; repeatable; '\n' is a newline")
+        elif kind == "floats":
+            group.add_argument(flag, default=None, metavar="W1,W2,...", help=text)
+        else:
+            group.add_argument(flag, type={"int": int, "float": float}[kind], default=None, help=text)
+
+
+def decoding_values(args: argparse.Namespace) -> dict:
+    """The decoding fields the user set on the command line (parsed, not yet validated)."""
+    from chared_flows.decoding.config import DecodeFields
+
+    out = {}
+    for name in DecodeFields.model_fields:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        out[name] = parse_weights(value) if name == "weights" else value
+    return out
+
+
+def read_prompt(arg: str) -> str:
+    """The prompt argument, or stdin for '-', as text; invalid UTF-8 is a one-line error."""
+    if arg != "-":
+        return arg
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"stdin is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); "
+            "save the prompt as UTF-8, e.g. iconv -t UTF-8"
+        ) from None
+
+
 # --- generate ---------------------------------------------------------------------
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="decode PROMPT with one model or a CharED ensemble, streaming")
-    p.add_argument("prompt", help="the prompt text ('-' reads it from stdin)")
-    p.add_argument("--models", default="smollm2,gemma3-270m", help="comma-separated member specs")
-    p.add_argument("--weights", help="comma-separated weights, one per model (default: uniform)")
-    p.add_argument("--mode", default="chared")
-    p.add_argument("--rule", default="mixture")
-    p.add_argument("--max-new-chars", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", default=None, help=r"stop string (repeatable; '\n' is a newline)")
+    p.add_argument("prompt", help="the prompt text ('-' reads it from stdin, as UTF-8)")
+    p.add_argument("--models", default="smollm2,gemma3-270m",
+                   help="comma-separated member specs: an alias (smollm2, gemma3-270m), a HF model "
+                        "directory, a .gguf file or a hub id (default: smollm2,gemma3-270m)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in each member's chat template")
+    add_decoding_options(p)
     p.set_defaults(handler=cmd_generate)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from chared_flows.decoding import Ensemble, Member
+    from chared_flows.decoding import DecodeConfig, Ensemble, Member
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     specs = parse_list(args.models, "models") or []
-    weights = parse_weights(args.weights)
-    if weights is not None and len(weights) != len(specs):
-        raise ConfigError(f"--weights has {len(weights)} values for {len(specs)} models ({', '.join(specs)})")
+    config = DecodeConfig.build(**decoding_values(args))  # every value checked before any model loads
+    if config.weights is not None and len(config.weights) != len(specs):
+        raise ConfigError(f"--weights has {len(config.weights)} values for {len(specs)} models ({', '.join(specs)})")
+    prompt = read_prompt(args.prompt)
     members = [Member.load(spec, chat=args.chat) for spec in specs]
-    ensemble = Ensemble(members, weights=weights, mode=args.mode, rule=args.rule)
-    stops = [unescape(s) for s in args.stop] if args.stop else None
-    streaming = ensemble.start_stream(
-        prompt, max_new_chars=args.max_new_chars, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed, stop=stops,
-    )
+    streaming = Ensemble(members, config).start_stream(prompt)
     for chunk in streaming:  # the engine never streams a matched stop string
         sys.stdout.write(chunk)
         sys.stdout.flush()
@@ -126,7 +185,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="log to this tracker (repeatable); replaces the workflow's 'trackers' list")
     p.add_argument("--no-track", action="store_true", help="log to no tracker (results still go to --out)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, i.e. $OMP_NUM_THREADS)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 TRACKERS = ("mlflow", "promptlayer")
@@ -159,6 +218,14 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def dataset_overrides(args: argparse.Namespace) -> dict:
+    if not getattr(args, "dataset_path", None):
+        return {}
+    if not Path(args.dataset_path).expanduser().is_file():
+        raise ConfigError(f"--dataset-path {args.dataset_path!r} is not a file")
+    return {"path": args.dataset_path}
+
+
 def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=None):
     """The WorkflowRunner for `run` and `ab`, with its trackers; returns (runner, fanout)."""
     from chared_flows.flow.runner import WorkflowRunner
@@ -166,11 +233,8 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit} must be at least 1")
     resolved = workflow_store(args).resolve(args.workflow)
-    overrides = {}
-    if args.dataset_path:
-        if not Path(args.dataset_path).expanduser().is_file():
-            raise ConfigError(f"--dataset-path {args.dataset_path!r} is not a file")
-        overrides["path"] = args.dataset_path
+    overrides = dataset_overrides(args)
+    workflow_store(args).check_samples(resolved, {**resolved.spec.dataset, **overrides}, args.limit)
     names = tracker_names(args, list(resolved.spec.trackers))
     fanout = build_trackers(names, resolved)
     runner = WorkflowRunner(
@@ -326,8 +390,11 @@ def add_workflows(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("workflows", help="list or validate workflows")
     actions = p.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="every workflow in the workflows dir")
-    validate = actions.add_parser("validate", help="check a workflow and everything it refers to")
+    validate = actions.add_parser(
+        "validate", help="check a workflow and everything it refers to, as `chared run` would, loading no model"
+    )
     validate.add_argument("name", help="workflow name or path to a .yaml file")
+    validate.add_argument("--dataset-path", help="replace the dataset's 'path', as `chared run --dataset-path` does")
     p.set_defaults(handler=cmd_workflows)
 
 
@@ -343,14 +410,16 @@ def cmd_workflows(args: argparse.Namespace) -> int:
             print(f"{name}  v{spec.version}  {spec.template}  {len(spec.expanded_variants())} variants")
     elif args.action == "validate":
         resolved = store.resolve(args.name)
+        overrides = dataset_overrides(args)
+        count = store.check_samples(resolved, {**resolved.spec.dataset, **overrides})
         spec = resolved.spec
         print(f"ok: {spec.name} v{spec.version} ({resolved.path})")
         print(f"  template {resolved.template.ref} {resolved.template.content_hash}")
-        print(f"  dataset  {json.dumps(spec.dataset, default=str)}")
+        print(f"  dataset  {json.dumps({**spec.dataset, **overrides}, default=str)}: {count} samples")
         print(f"  parser   {spec.parser}; scorers: {', '.join(s.name for s in spec.scorer_refs()) or 'none'}")
         for v in resolved.variants:
             weights = "" if v.weights is None else " weights " + "/".join(f"{w:g}" for w in v.weights)
-            print(f"  variant  {v.name}: {'+'.join(v.members)}{weights}")
+            print(f"  variant  {v.name}: {'+'.join(v.members)}{weights} mode {v.mode}, rule {v.rule}")
     return 0
 
 
@@ -362,7 +431,11 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import chared_flows
+
     parser = argparse.ArgumentParser(prog="chared", description="Character-wise ensemble decoding (CharED).")
+    parser.add_argument("--version", action="version", version=f"chared {chared_flows.__version__}",
+                        help="print the package version and exit")
     parser.add_argument("--templates-dir", help="default: $CHARED_TEMPLATES_DIR or ./templates")
     parser.add_argument("--workflows-dir", help="default: $CHARED_WORKFLOWS_DIR or ./workflows")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -371,8 +444,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_dash_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--weights -1,2` -> `--weights=-1,2`: argparse would take a value starting with '-' for a flag."""
+    takes_value = {
+        flag for action in _all_actions(parser) for flag in action.option_strings
+        if action.nargs is None and action.const is None and not isinstance(action, argparse.BooleanOptionalAction)
+    }
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "-" \
+                and not argv[i + 1].startswith("--"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def _all_actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_actions(sub)
+
+
+def setup_logging() -> None:
+    """The library's own INFO lines (one per model load) on stderr, nothing else."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("chared_flows")
+    if not logger.handlers:
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv), parser))
+    setup_logging()
     try:
         return args.handler(args)
     except CharedError as exc:

@@ -31,7 +31,7 @@ from chared_flows.decoding.index import END, EOS
 from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound, MemberRound
 from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
-from chared_flows.decoding.search import SearchStats, Unit, best_unit, sample_unit
+from chared_flows.decoding.search import SearchStats, Unit, best_unit, sample_unit, walk
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError
 
@@ -55,6 +55,7 @@ class GenerationStats:
     search_expansions: int = 0  # byte-tree nodes opened by greedy / top-p searches
     search_capped: int = 0  # searches that hit their cap (their result is then the best found, unproved)
     healed_bytes: int = 0  # prompt bytes the first rounds rewrote (token healing)
+    search_rounds: int = 0  # rounds greedy search opened to finish a character a token left half written
 
     @property
     def total_forward_passes(self) -> int:
@@ -232,13 +233,15 @@ class _Decoding:
     # --- chared mode ----------------------------------------------------------
 
     def _round(self) -> Iterator[str]:
-        source = self._open_round()
+        source = self._round_at(bytes(self.out), count=True)
         if self.finish is not None:
             return
-        self.stats.rounds += 1
+        if self.config.greedy:
+            units = [self._pick(source, extend=self._next_round)]
+        else:
+            units = self._sampled_round(source)
         added = bytearray()
-        while self.finish is None:
-            unit = self._pick(source)
+        for unit in units:
             if unit is None:  # dead end (no member can continue): drop any half character, end the text
                 self._finish("eos")
                 break
@@ -246,26 +249,41 @@ class _Decoding:
             yield from self._emit_all(unit.data)
             if unit.terminal == EOS:
                 self._finish("eos")
-            if unit.terminal is not None:
+            if unit.terminal is not None or self.finish is not None:
                 break
-            source = unit.source
         if added:
             self.round_bytes.append(bytes(added))
 
-    def _open_round(self) -> EnsembleRound:
-        """One forward pass per active member on the text so far."""
-        pending = split_complete(bytes(self.out))[1]
+    def _sampled_round(self, source: EnsembleRound) -> Iterator[Unit | None]:
+        """Draw units until the round ends (END/EOS) or nothing can be drawn."""
+        while True:
+            unit = self._pick(source)
+            yield unit
+            if unit is None or unit.terminal is not None:
+                return
+            source = unit.source
+
+    def _next_round(self, node: EnsembleRound, data: bytes) -> EnsembleRound | None:
+        """The round after a candidate unit that ends inside a character (greedy search only)."""
+        self.stats.search_rounds += 1
+        return self._round_at(bytes(self.out) + data, count=False)
+
+    def _round_at(self, out: bytes, count: bool) -> EnsembleRound | None:
+        """One forward pass per active member on prompt + `out`; None if a context window is full."""
+        pending = split_complete(out)[1]
         members: list[MemberRound | None] = []
         for name, session in zip(self.ens.names, self.sessions):
-            ids = None if session is None else session.token_ids(bytes(self.out))
-            if session is not None and ids is None:
+            ids = None if session is None else session.token_ids(out)
+            if session is not None and ids is None and count:
                 self.stats.abstentions[name] = self.stats.abstentions.get(name, 0) + 1
             if ids is not None and not session.fits(ids):
-                self._finish("length")  # a member's context window is full
+                if count:
+                    self._finish("length")  # a member's context window is full
                 return None
             members.append(None if ids is None else session.member_round(ids, pending))
-        forced = self.forced[len(self.out):]
-        return EnsembleRound(members, self.ens.combine, self.ens.weights, pending, forced)
+        if count:
+            self.stats.rounds += 1
+        return EnsembleRound(members, self.ens.combine, self.ens.weights, pending, self.forced[len(out):])
 
     # --- exact mode -------------------------------------------------------------
 
@@ -281,8 +299,10 @@ class _Decoding:
         if self.exact.window_full:
             self._finish("length")  # a path reached a member's context window
             return
-        root = self.exact.lookahead() if self.config.greedy else self.exact
-        unit = self._pick(root)
+        if self.config.greedy:
+            unit = self._pick(self.exact.lookahead(), extend=self._next_lookahead)
+        else:
+            unit = self._pick(self.exact)
         if unit is None:
             self._finish("eos")
             return
@@ -296,13 +316,16 @@ class _Decoding:
 
     # --- shared -----------------------------------------------------------------
 
-    def _pick(self, source) -> Unit | None:
+    def _next_lookahead(self, node: EnsembleRound, data: bytes) -> EnsembleRound | None:
+        """Exact mode: the lookahead after a candidate unit that ends inside a character."""
+        source = walk(self.exact, data)
+        return None if source.window_full else source.lookahead()
+
+    def _pick(self, source, extend=None) -> Unit | None:
         self.stats.steps += 1
         if self.config.greedy:
-            unit = best_unit(source, self.search)
-        else:
-            unit = sample_unit(source, self.config.top_p, self.rng, self.search)
-        return unit
+            return best_unit(source, self.search, extend=extend)
+        return sample_unit(source, self.config.top_p, self.rng, self.search)
 
     def _emit_all(self, data: bytes) -> Iterator[str]:
         for byte in data:

@@ -8,19 +8,23 @@ later loads take about a second and give identical logits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from chared_flows.decoding.assets import MemberAssets, assets_for_model
 from chared_flows.errors import ConfigError, ModelLoadError
 
 _DTYPES = ("float32", "bfloat16", "float16")
+log = logging.getLogger("chared_flows.models")
 _LOADED: dict[tuple[str, str, str], MemberAssets] = {}
 _LOCK = threading.Lock()
 
@@ -68,9 +72,28 @@ def load_assets(spec: str, *, cache_dir: str | os.PathLike | None = None, dtype:
     key = (spec, dtype, str(root))
     with _LOCK:
         if key not in _LOADED:
-            model, tokenizer, source = _load(spec, root, dtype)
+            started = time.perf_counter()
+            with quiet_transformers():
+                model, tokenizer, source = _load(spec, root, dtype)
             _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
+            log.info("loaded %s from %s in %.1f s", spec, source, time.perf_counter() - started)
         return _LOADED[key]
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No per-tensor progress bars or load chatter from transformers while a model loads."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load(spec: str, root: Path, dtype: str) -> tuple[Any, Any, str]:

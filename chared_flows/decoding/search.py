@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -64,13 +64,27 @@ def walk(source: Source, data: bytes) -> Source:
     return source
 
 
-def best_unit(root: Source, stats: SearchStats | None = None, max_expansions: int = DEFAULT_MAX_EXPANSIONS) -> Unit | None:
+Extend = Callable[[Any, bytes], Any]
+
+
+def best_unit(
+    root: Source,
+    stats: SearchStats | None = None,
+    max_expansions: int = DEFAULT_MAX_EXPANSIONS,
+    extend: Extend | None = None,
+) -> Unit | None:
     """The most probable unit ending in END or EOS; None when nothing can be written.
 
     Best-first (uniform-cost) search down the byte tree: every option's probability is
     at most 1, so a node's log-probability only falls as its string grows, and the
     first terminal taken off the queue is the argmax, proved. Children that cannot
     beat the best terminal already queued are never queued.
+
+    A unit is whole characters: a token may end inside a character (SmolLM2 writes
+    an emoji as two tokens), so an END taken off the queue in the middle of one is
+    not final: `extend(node, data)` opens the next round there (a forward pass per
+    member, only for a candidate that is the best so far) and the search goes on
+    through it. Without `extend`, such an END is a unit of its own.
     """
     stats = stats or SearchStats()
     stats.searches += 1
@@ -80,6 +94,11 @@ def best_unit(root: Source, stats: SearchStats | None = None, max_expansions: in
     expansions = 0
     while heap:
         neg, _, parent, data, option = heapq.heappop(heap)
+        if option == END and parent.pending and extend is not None:
+            following = extend(parent, data)  # mid-character: the unit goes on in the next round
+            if following is not None:
+                heapq.heappush(heap, (neg, next(order), following, data, None))
+            continue
         if option in (END, EOS):
             stats.expansions += expansions
             return Unit(data, option, parent, -neg)
@@ -97,7 +116,8 @@ def best_unit(root: Source, stats: SearchStats | None = None, max_expansions: in
             if dist[terminal] > 0:
                 lt = logp + log(dist[terminal])
                 heapq.heappush(heap, (-lt, next(order), node, data, terminal))
-                if best is None or lt > best[0]:
+                final = terminal == EOS or not node.pending or extend is None
+                if final and (best is None or lt > best[0]):  # subtle: an END mid-character may fall later
                     best = (lt, data, node, terminal)
         floor = best[0] if best is not None else -np.inf
         for byte in np.flatnonzero(dist[:END] > 0):

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 import chared_flows.evaluation  # noqa: F401  (importing it registers the dataset kinds and scorers)
 from chared_flows.errors import CharedError, WorkflowError
-from chared_flows.evaluation.base import Scorer, dataset_kinds, get_scorer
+from chared_flows.evaluation.base import Scorer, dataset_kinds, get_scorer, load_dataset
 from chared_flows.flow.parsers import PARSERS, Parser
 from chared_flows.flow.spec import WorkflowSpec
 from chared_flows.prompts import PromptTemplateSpec, TemplateStore
@@ -97,6 +97,29 @@ class WorkflowStore:
             return self.templates.resolve(ref)
         except CharedError as exc:
             raise WorkflowError(f"{where}: template: {exc}") from None
+
+    def check_samples(self, resolved: ResolvedWorkflow, dataset_ref: dict[str, Any], limit: int | None = None) -> int:
+        """Load the dataset and render the template on every sample: what `run` needs before any model.
+
+        `chared workflows validate` and `chared run` both call this, so a workflow whose
+        samples cannot be read or rendered is refused by both, before a model loads.
+        Returns the number of samples.
+        """
+        try:
+            samples = load_dataset(dataset_ref)
+        except CharedError as exc:
+            raise WorkflowError(f"{resolved.path}: dataset {dataset_ref.get('kind')!r}: {exc}") from None
+        samples = samples[:limit] if limit is not None else samples
+        if not samples:
+            raise WorkflowError(f"{resolved.path}: the dataset has no samples; check its options")
+        for sample in samples:
+            missing = resolved.template.missing_variables(sample.inputs)
+            if missing:
+                raise WorkflowError(
+                    f"{resolved.path}: sample {sample.id!r} has no {', '.join(repr(m) for m in missing)} for "
+                    f"template {resolved.template.ref}; its inputs are {', '.join(sorted(sample.inputs)) or 'none'}"
+                )
+        return len(samples)
 
     @staticmethod
     def _check_dataset_kind(ref: dict[str, Any], where: str) -> None:

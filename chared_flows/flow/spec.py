@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from chared_flows.decoding.config import DecodeConfig, DecodeFields, explain
 from chared_flows.records import VariantSpec
 
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
@@ -24,20 +25,24 @@ TrackerName = Literal["mlflow", "promptlayer"]
 DEFAULT_TRACKERS: tuple[str, ...] = ("mlflow",)
 
 
-class DecodingParams(BaseModel):
-    """Decoding parameters a variant (or the workflow's defaults) may set."""
+def _optional_decode_fields() -> dict[str, Any]:
+    """Every engine decoding field, optional (None: not set here), types as the engine declares them."""
+    return {name: (Optional[info.annotation], None) for name, info in DecodeFields.model_fields.items()}
 
-    model_config = ConfigDict(extra="forbid")
 
-    max_new_chars: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: list[str] | None = None
-    chat: bool | None = None
+# The `decoding:` section (workflow defaults and per variant): every field of the engine's
+# DecodeFields, optional, plus `chat` (how members render the prompt). Types are checked
+# here; values and their combination are checked by building a DecodeConfig per variant.
+DecodingParams = create_model(
+    "DecodingParams",
+    __config__=ConfigDict(extra="forbid"),
+    chat=(Optional[bool], None),
+    **_optional_decode_fields(),
+)
 
-    def set_values(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+
+def _set_values(params: BaseModel) -> dict[str, Any]:
+    return params.model_dump(exclude_none=True)
 
 
 class VariantConfig(BaseModel):
@@ -49,17 +54,9 @@ class VariantConfig(BaseModel):
     models: list[str] = Field(min_length=1)
     weights: list[float] | None = None
     weights_sweep: list[float | list[float]] | None = Field(default=None, min_length=1)
-    mode: str = "chared"
-    rule: str = "mixture"
+    mode: Literal["chared", "exact"] | None = None
+    rule: Literal["mixture", "product", "adaptive"] | None = None
     decoding: DecodingParams = Field(default_factory=DecodingParams)
-
-    @field_validator("weights")
-    @classmethod
-    def _weights_valid(cls, weights: list[float] | None) -> list[float] | None:
-        # The engine's own check, so a bad value fails early with the engine's message.
-        from chared_flows.decoding.combine import check_weights
-
-        return check_weights(weights)
 
     @model_validator(mode="after")
     def _weights_fit_models(self) -> "VariantConfig":
@@ -84,34 +81,51 @@ class VariantConfig(BaseModel):
                 raise ValueError(
                     f"variant {self.name!r}: sweep point {point} has {len(point)} weights for {n} models"
                 )
-            if any(w < 0 for w in point) or sum(point) <= 0:
-                raise ValueError(f"variant {self.name!r}: sweep point {point} needs non-negative weights")
         elif n != 2:
             raise ValueError(
                 f"variant {self.name!r}: a scalar sweep point ({point}) is the first model's weight "
                 f"and only works with 2 models; with {n} models write full lists like [0.2, 0.3, 0.5]"
             )
-        elif not 0.0 <= point <= 1.0:
+        elif not 0.0 <= point <= 1.0:  # subtle: NaN fails this comparison too, as it should
             raise ValueError(f"variant {self.name!r}: sweep weight {point} must lie in [0, 1]")
 
-    def expand(self, defaults: DecodingParams) -> list[VariantSpec]:
-        decoding = {**defaults.set_values(), **self.decoding.set_values()}
-        make = lambda name, weights: VariantSpec(  # noqa: E731
+    def expand(self, defaults: BaseModel) -> list[VariantSpec]:
+        """One VariantSpec per weighting, each checked by the engine's DecodeConfig."""
+        decoding = {**_set_values(defaults), **_set_values(self.decoding)}
+        if self.mode is not None:
+            decoding["mode"] = self.mode
+        if self.rule is not None:
+            decoding["rule"] = self.rule
+        decoding.pop("weights", None)
+        chat = decoding.pop("chat", None)
+        if self.weights_sweep is None:
+            points = [(self.name, self.weights)]
+        else:
+            points = [(f"{self.name}-w{_label(p)}", p if isinstance(p, list) else [p, 1.0 - p])
+                      for p in self.weights_sweep]
+        return [self._spec(name, weights, decoding, chat) for name, weights in points]
+
+    def _spec(self, name: str, weights: list[float] | None, decoding: dict[str, Any], chat: bool | None) -> VariantSpec:
+        try:
+            config = DecodeConfig(weights=weights, **decoding)
+        except ValidationError as exc:
+            raise ValueError(f"variant {name!r}: {explain(exc)}") from None
+        call = {k: v for k, v in config.model_dump().items() if k not in ("weights", "mode", "rule")}
+        call["stop"] = list(call["stop"])
+        if chat is not None:
+            call["chat"] = chat
+        return VariantSpec(
             name=name,
             members=tuple(self.models),
-            weights=None if weights is None else tuple(float(w) for w in weights),
-            mode=self.mode,
-            rule=self.rule,
-            decoding=dict(decoding),
+            weights=config.weights,
+            mode=config.mode,
+            rule=config.rule,
+            decoding=call,
         )
-        if self.weights_sweep is None:
-            return [make(self.name, self.weights)]
-        out = []
-        for point in self.weights_sweep:
-            weights = point if isinstance(point, list) else [point, 1.0 - point]
-            label = "-".join(f"{w:g}" for w in point) if isinstance(point, list) else f"{point:g}"
-            out.append(make(f"{self.name}-w{label}", weights))
-        return out
+
+
+def _label(point: float | list[float]) -> str:
+    return "-".join(f"{w:g}" for w in point) if isinstance(point, list) else f"{point:g}"
 
 
 class ScorerRef(BaseModel):

@@ -43,18 +43,20 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("langchain_core", "langchain") from exc
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from chared_flows.decoding.config import CALL_FIELDS, MAX_NEW_CHARS, DecodeConfig, DecodeFields
 
 DEFAULT_MODELS = ["smollm2", "gemma3-270m"]
 # Call-time keyword arguments that override a field for one call (llm.invoke(p, temperature=0.7)).
-CALL_OVERRIDES = ("max_new_chars", "temperature", "top_p", "seed")
+CALL_OVERRIDES = tuple(f for f in CALL_FIELDS if f != "stop")
 
 
-def _build_ensemble(members: list[Any], weights: list[float] | None, mode: str, rule: str) -> Any:
+def _build_ensemble(members: list[Any], config: DecodeConfig) -> Any:
     """One Ensemble per call (cheap). Tests without torch models may replace this function."""
     from chared_flows.decoding import Ensemble
 
-    return Ensemble(members, weights=weights, mode=mode, rule=rule)
+    return Ensemble(members, config)
 
 
 def _load_member(spec: str, chat: bool) -> Any:
@@ -72,38 +74,42 @@ def merge_stops(configured: Sequence[str] | None, call: Sequence[str] | None) ->
     return merged or None
 
 
-class CharEDParams(BaseModel):
-    """Every parameter that changes CharED's output; shared by the LLM and the chat model."""
+class CharEDParams(DecodeFields):
+    """Every parameter that changes CharED's output; shared by the LLM and the chat model.
+
+    The decoding fields (weights, mode, rule, max_new_chars, temperature, top_p, seed,
+    stop, beam_width, prune_threshold, token_healing) are inherited from the engine's
+    `DecodeFields`, so they carry the engine's own types, ranges and descriptions; the
+    combination is checked by building the engine's `DecodeConfig` when the model is built.
+    """
 
     models: list[str] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
         min_length=1,
         description="member specs: 'smollm2', 'gemma3-270m', a local HF dir, a hub id or a .gguf path",
     )
-    weights: list[float] | None = Field(default=None, description="one weight per member; None = uniform")
-    mode: str = "chared"
-    rule: str = "mixture"
     chat: bool | None = Field(
         default=None,
         description="render the prompt with each member's chat template (None: False, or keep the "
         "setting of preloaded members)",
     )
-    max_new_chars: int = Field(default=256, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: list[str] | None = None
     # Already loaded Member objects, used instead of loading `models` (tests, custom models).
     # Excluded from serialisation; their names replace `models` in the identifying params.
     preloaded_members: list[Any] | None = Field(default=None, exclude=True, repr=False)
 
-    @field_validator("weights")
-    @classmethod
-    def _weights_valid(cls, weights: list[float] | None) -> list[float] | None:
-        # The engine's own check, so a bad value fails early with the engine's message.
-        from chared_flows.decoding.combine import check_weights
+    @model_validator(mode="after")
+    def _config_valid(self) -> "CharEDParams":
+        self.decode_config()  # the engine's own checks, so a bad value fails when the model is built
+        names = self.member_names()
+        if self.weights is not None and len(self.weights) != len(names):
+            raise ValueError(
+                f"{len(self.weights)} weights for {len(names)} members ({', '.join(names)}); "
+                "give exactly one weight per member"
+            )
+        return self
 
-        return check_weights(weights)
+    def decode_config(self) -> DecodeConfig:
+        return DecodeConfig.build(**{name: getattr(self, name) for name in DecodeFields.model_fields})
 
     # --- what a call decodes with ---------------------------------------
 
@@ -113,27 +119,13 @@ class CharEDParams(BaseModel):
         return list(self.models)
 
     def identifying_params(self) -> dict[str, Any]:
-        return {
-            "models": self.member_names(),
-            "weights": self.weights,
-            "mode": self.mode,
-            "rule": self.rule,
-            "chat": bool(self.chat),
-            "max_new_chars": self.max_new_chars,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "stop": self.stop,
-        }
+        config = self.decode_config().model_dump()
+        config["weights"] = None if config["weights"] is None else list(config["weights"])
+        config["stop"] = list(config["stop"]) or None
+        return {"models": self.member_names(), "chat": bool(self.chat), **config}
 
     def ensemble(self) -> Any:
-        members = self._members()
-        if self.weights is not None and len(self.weights) != len(members):
-            raise ConfigError(
-                f"{len(self.weights)} weights for {len(members)} members ({', '.join(self.member_names())}); "
-                "give exactly one weight per member"
-            )
-        return _build_ensemble(members, self.weights, self.mode, self.rule)
+        return _build_ensemble(self._members(), self.decode_config())
 
     def tokenizer_families(self) -> list[str]:
         """Each member's tokenizer family, e.g. ["byte_bpe", "sentencepiece_byte_fallback"] (loads them)."""
@@ -154,13 +146,8 @@ class CharEDParams(BaseModel):
                 f"unknown call-time option(s) {', '.join(unknown)}; per call you may set: "
                 f"{', '.join(CALL_OVERRIDES)} and stop"
             )
-        out = {
-            "max_new_chars": self.max_new_chars,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "stop": merge_stops(self.stop, stop),
-        }
+        out = {name: getattr(self, name) for name in CALL_OVERRIDES}
+        out["stop"] = merge_stops(self.stop, stop)
         out.update({k: v for k, v in call_kwargs.items() if k in CALL_OVERRIDES})
         return out
 
@@ -317,7 +304,7 @@ class ChatCharED(CharEDParams, BaseChatModel):
     chat: bool | None = True
     # LangChain's standard chat-model parameters. `max_tokens` is an alias of
     # max_new_chars: CharED counts characters, there is no single tokenizer to count in.
-    max_new_chars: int = Field(default=256, ge=1, alias="max_tokens")
+    max_new_chars: int = Field(default=256, ge=1, le=MAX_NEW_CHARS, strict=True, alias="max_tokens")
     timeout: float | None = Field(default=None, gt=0, description="seconds; decoding stops there (finish_reason 'timeout')")
     max_retries: int = Field(default=0, ge=0, description="accepted for compatibility: local decoding has nothing to retry")
     streaming: bool = False

@@ -156,9 +156,10 @@ def test_stats_count_forward_passes_and_tokens(bl, bf):
     st = result.stats
     assert st.rounds == len(result.rounds) or result.finish_reason != "eos"
     for name in (bl.name, bf.name):
-        assert st.forward_passes[name] == st.rounds
+        # A round a search opened to finish a half-written character may be reused (cache hit).
+        assert st.rounds <= st.forward_passes[name] <= st.rounds + st.search_rounds
         assert st.tokens_fed[name] >= st.prompt_tokens[name] + st.rounds - 1
-    assert st.total_forward_passes == 2 * st.rounds and st.wall_time_s > 0 and st.chars == len(result.text)
+    assert st.wall_time_s > 0 and st.chars == len(result.text)
 
 
 @pytest.mark.parametrize(

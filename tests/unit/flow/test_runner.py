@@ -150,14 +150,23 @@ def test_limit_and_torn_last_line(workflow_store, tmp_path) -> None:
     assert runner(workflow_store, out, limit=1).run_all() == []
 
 
+def tiny_window_member():
+    """A member whose context window (4 tokens) no rendered prompt fits: every sample fails."""
+    from chared_flows.decoding import Member, MemberAssets
+    from tests.fixtures.tiny import tokenizer_for
+
+    tok = tokenizer_for("byte_level")
+    return Member(MemberAssets.build("tiny-window", tok, lambda: None, num_rows=len(tok), context_window=4))
+
+
 def test_errors_on_one_sample_are_recorded_and_retried(workflow_store, tmp_path) -> None:
     def broken_factory(variant):
-        return CharEDLLM(preloaded_members=[scripted_member("x", name="m")], weights=[0.5, 0.5])  # 2 weights, 1 member
+        return CharEDLLM(preloaded_members=[tiny_window_member()])
 
     run = WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="r2",
                          llm_factory=broken_factory, progress=False, limit=1)
     records = run.run_all()
-    assert len(records) == 3 and all("2 weights for 1 members" in r.error for r in records)
+    assert len(records) == 3 and all("context window is 4" in r.error for r in records)
     again = WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="r2",
                            llm_factory=scripted_llm, progress=False, limit=1).run_all()
     assert len(again) == 3 and all(r.error is None for r in again)

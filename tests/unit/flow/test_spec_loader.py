@@ -74,7 +74,10 @@ def test_good_workflow_resolves_and_expands_the_sweep(dirs) -> None:
     assert by_name["pair"].weights == (0.7, 0.3)
     assert by_name["single"].weights is None and by_name["single"].is_single
     # workflow defaults merge under the variant's own decoding params
-    assert by_name["pair"].decoding == {"max_new_chars": 40, "temperature": 0.5, "stop": ["\n"]}
+    decoding = by_name["pair"].decoding
+    assert {k: decoding[k] for k in ("max_new_chars", "temperature", "stop")} == {
+        "max_new_chars": 40, "temperature": 0.5, "stop": ["\n"]}
+    assert decoding["beam_width"] == 8 and decoding["token_healing"] is True  # engine defaults, made explicit
     assert by_name["single"].decoding["temperature"] == 0.0
     assert resolved.template.ref == "qa@1"
     assert resolved.parser("it is 2.") == 2

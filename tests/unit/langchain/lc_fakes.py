@@ -42,8 +42,10 @@ def script_for(prompt: str, weights: list[float] | None, temperature: float) -> 
 
 
 class FakeEnsemble:
-    def __init__(self, members, weights, mode, rule, recorder: Recorder):
-        self.members, self.weights, self.mode, self.rule = members, weights, mode, rule
+    def __init__(self, members, config, recorder: Recorder):
+        self.members, self.config = members, config
+        self.weights = None if config.weights is None else list(config.weights)
+        self.mode, self.rule = config.mode, config.rule
         self.recorder = recorder
 
     def describe(self) -> dict:
@@ -98,5 +100,5 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         return FakeMember(spec, chat)
 
     monkeypatch.setattr(lc, "_load_member", load)
-    monkeypatch.setattr(lc, "_build_ensemble", lambda m, w, mode, rule: FakeEnsemble(m, w, mode, rule, recorder))
+    monkeypatch.setattr(lc, "_build_ensemble", lambda members, config: FakeEnsemble(members, config, recorder))
     return recorder

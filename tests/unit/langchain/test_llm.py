@@ -67,13 +67,35 @@ def test_members_are_loaded_lazily(fake_engine) -> None:
     assert fake_engine.loads == []
 
 
-def test_weight_count_mismatch_is_a_clear_error(fake_engine) -> None:
-    with pytest.raises(ConfigError, match="3 weights for 2 members"):
-        CharEDLLM(models=["a", "b"], weights=[0.2, 0.3, 0.5]).invoke("x")
+def test_weight_count_mismatch_fails_when_the_llm_is_built(fake_engine) -> None:
+    with pytest.raises(ValidationError, match="3 weights for 2 members"):
+        CharEDLLM(models=["a", "b"], weights=[0.2, 0.3, 0.5])
+    assert fake_engine.loads == []  # refused before any model loads
 
 
 @pytest.mark.parametrize(
-    "weights, message", [([float("nan"), 1.0], "weight 0 is nan"), ([-1, 2], "weight 0 is -1"), ([0, 0], "all zero")]
+    "fields, message",
+    [
+        (dict(mode="exaact"), r"mode\s+Input should be 'chared' or 'exact'"),
+        (dict(beam_width=0), r"beam_width\s+Input should be greater than or equal to 1"),
+        (dict(prune_threshold=1.5), r"prune_threshold\s+Input should be less than 1"),
+        (dict(token_healing="yes"), r"token_healing\s+Input should be a valid boolean"),
+        (dict(max_new_chars=10**7), r"max_new_chars\s+Input should be less than or equal to 32768"),
+    ],
+)
+def test_every_decoding_knob_is_a_field_checked_by_the_engine(fields, message) -> None:
+    with pytest.raises(ValidationError, match=message):
+        CharEDLLM(models=["a", "b"], **fields)
+
+
+def test_exact_mode_knobs_reach_the_engine(fake_engine) -> None:
+    llm = CharEDLLM(models=["a", "b"], mode="exact", beam_width=3, prune_threshold=0.01, token_healing=False)
+    llm.invoke("x")
+    assert llm.identifying_params()["beam_width"] == 3
+
+
+@pytest.mark.parametrize(
+    "weights, message", [([float("nan"), 1.0], "weight 0 must be finite, not nan"), ([-1, 2], "weight 0 is -1"), ([0, 0], "all zero")]
 )
 def test_bad_weights_are_refused_when_the_llm_is_built(weights, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -171,6 +193,7 @@ def test_identifying_params_hold_everything_that_changes_output() -> None:
     assert params == {
         "models": ["a", "b"], "weights": [0.6, 0.4], "mode": "chared", "rule": "mixture", "chat": True,
         "max_new_chars": 7, "temperature": 0.3, "top_p": 0.9, "seed": 11, "stop": ["\n"],
+        "beam_width": 8, "prune_threshold": 0.001, "token_healing": True,
     }
     assert llm._llm_type == "chared"
     # the LLM cache key differs when any of them differs
