@@ -156,47 +156,65 @@ def sample_unit(
     return Unit(bytes([option]), None, root.advance(option), log(dist[option]))
 
 
-def _nucleus_unit(root: Source, top_p: float, rng, stats: SearchStats, max_expansions: int) -> Unit | None:
-    """Sample from the smallest set of whole characters (and END, EOS) holding top_p of the mass.
+@dataclass
+class Candidate:
+    """One unit of the nucleus: `data`, then END/EOS or None; `whole` False for a cut-off partial character."""
+
+    logp: float
+    parent: Any  # the source before the last byte (or the unit's own source for END/EOS)
+    data: bytes
+    option: int | None  # the last byte (None: data is complete at parent), END or EOS
+    whole: bool
+
+
+def nucleus(root: Source, top_p: float, stats: SearchStats | None = None,
+            max_expansions: int = DEFAULT_MAX_EXPANSIONS) -> list[Candidate]:
+    """The smallest set of whole characters (and END, EOS) holding top_p of the mass, most probable first.
 
     Units are found best-first (most probable first), so the set is exactly the
     smallest one. If the cap is hit first, the open partial characters join the
-    candidates with their mass and a chosen one is completed byte by byte (exact
-    sampling inside it): the set is then slightly larger than the smallest.
+    candidates with their mass (whole=False): the set is then slightly larger.
     """
+    stats = stats or SearchStats()
     stats.searches += 1
     order = itertools.count()
     # entry: (-logp, order, source at the parent, data up to the parent, option, whole)
     heap: list = [(-0.0, next(order), root, b"", None, False)]
-    units: list[tuple[float, Any, bytes, int | None, bool]] = []  # (logp, parent, data, option, whole)
+    out: list[Candidate] = []
     mass, expansions = 0.0, 0
     while heap and mass < top_p:
         neg, _, parent, data, option, whole = heapq.heappop(heap)
         if whole or option in (END, EOS):
-            units.append((-neg, parent, data, option, True))
+            out.append(Candidate(-neg, parent, data, option, True))
             mass += float(np.exp(-neg))
             continue
         if expansions >= max_expansions:
             stats.capped += 1
-            units.append((-neg, parent, data, option, False))
-            units.extend((-n, p, d, o, w or o in (END, EOS)) for n, _, p, d, o, w in heap)
+            out.append(Candidate(-neg, parent, data, option, False))
+            out.extend(Candidate(-n, p, d, o, w or o in (END, EOS)) for n, _, p, d, o, w in sorted(heap))
             break
         expansions += 1
         node = parent if option is None else parent.advance(option)
         data = data if option is None else data + bytes([option])
         _push_children(heap, order, node, data, -neg)
     stats.expansions += expansions
-    if not units:
+    return out
+
+
+def _nucleus_unit(root: Source, top_p: float, rng, stats: SearchStats, max_expansions: int) -> Unit | None:
+    """Sample from the nucleus (see `nucleus`); a cut-off partial character is completed by exact sampling."""
+    candidates = nucleus(root, top_p, stats, max_expansions)
+    if not candidates:
         return None
-    weights = np.exp(np.asarray([u[0] for u in units]) - max(u[0] for u in units))
-    logp, parent, data, option, complete = units[draw(weights, rng)]
-    if option in (END, EOS):
-        return Unit(data, option, parent, logp)
-    node = parent if option is None else parent.advance(option)
-    data = data if option is None else data + bytes([option])
-    if complete:
-        return Unit(data, None, node, logp)
-    return _complete_character(node, data, logp, rng)
+    logps = np.asarray([c.logp for c in candidates])
+    chosen = candidates[draw(np.exp(logps - logps.max()), rng)]
+    if chosen.option in (END, EOS):
+        return Unit(chosen.data, chosen.option, chosen.parent, chosen.logp)
+    node = chosen.parent if chosen.option is None else chosen.parent.advance(chosen.option)
+    data = chosen.data if chosen.option is None else chosen.data + bytes([chosen.option])
+    if chosen.whole:
+        return Unit(data, None, node, chosen.logp)
+    return _complete_character(node, data, chosen.logp, rng)
 
 
 def _push_children(heap: list, order, node: Source, data: bytes, logp: float) -> None:
