@@ -43,9 +43,10 @@ class DecodeFields(BaseModel):
         description="one weight per member, non-negative, not all zero (scaled to sum 1); unset: uniform",
     )
     mode: Literal["chared", "exact"] = Field(
-        default="chared",
-        description="chared: the paper's rounds (one forward pass per member per round); exact: each member's "
-        "next-byte distribution summed over its tokenizations (a beam), slower",
+        default="exact",
+        description="exact: each member's next-byte distribution summed over its tokenizations (a beam), immune "
+        "to where prompts and rounds cut tokens; chared: the paper's rounds (one forward pass per member per "
+        "round, each member re-reading the text its own way), faster",
     )
     rule: Literal["mixture", "product", "adaptive"] = Field(
         default="mixture",

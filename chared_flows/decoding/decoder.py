@@ -246,6 +246,8 @@ class _Decoding:
                 self._finish("eos")
                 break
             added += unit.data
+            if unit.terminal == END:
+                self._follow(unit.source, bytes(self.out) + unit.data, keep_only=True)
             yield from self._emit_all(unit.data)
             if unit.terminal == EOS:
                 self._finish("eos")
@@ -266,7 +268,18 @@ class _Decoding:
     def _next_round(self, node: EnsembleRound, data: bytes) -> EnsembleRound | None:
         """The round after a candidate unit that ends inside a character (greedy search only)."""
         self.stats.search_rounds += 1
+        self._follow(node, bytes(self.out) + data, keep_only=False)
         return self._round_at(bytes(self.out) + data, count=False)
+
+    def _follow(self, node: EnsembleRound, out: bytes, keep_only: bool) -> None:
+        """Members whose token ended the round continue from it (MemberSession.follow)."""
+        for session, member in zip(self.sessions, node.members):
+            if session is None:
+                continue
+            token = member.ending_token() if member is not None else None
+            session.follow(node.origin, out[len(node.origin):], token)
+            if keep_only:
+                session.keep_only(out)
 
     def _round_at(self, out: bytes, count: bool) -> EnsembleRound | None:
         """One forward pass per active member on prompt + `out`; None if a context window is full."""
@@ -283,7 +296,7 @@ class _Decoding:
             members.append(None if ids is None else session.member_round(ids, pending))
         if count:
             self.stats.rounds += 1
-        return EnsembleRound(members, self.ens.combine, self.ens.weights, pending, self.forced[len(out):])
+        return EnsembleRound(members, self.ens.combine, self.ens.weights, pending, self.forced[len(out):], origin=out)
 
     # --- exact mode -------------------------------------------------------------
 

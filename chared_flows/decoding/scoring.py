@@ -108,46 +108,71 @@ def score_exact(ens: Scorable, prompt, text: str) -> ScoreResult:
 
 
 def score_chared(ens: Scorable, prompt, text: str) -> ScoreResult:
+    """Forward algorithm over round boundaries; a state is (position, every member's token ids).
+
+    Generation continues a member from its own token when that token ended the round
+    (MemberSession.follow), so where a round ends changes what each member sees next:
+    the states at a position are the distinct id sequences that reach it. States are
+    pruned like exact mode's beam (beam_width per position, prune_threshold share).
+    """
     sessions = _open_sessions(ens, prompt)
     data = text.encode("utf-8")
     n = len(data)
-    log_alpha = np.full(n + 1, -math.inf)
-    log_alpha[0] = 0.0
+    states: list[dict[tuple, float]] = [{} for _ in range(n + 1)]
+    states[0][tuple(None if s is None else tuple(s.token_ids(b"")) for s in sessions)] = 0.0
     log_prefix = np.full(n + 1, -math.inf)
     log_prefix[0] = 0.0
-    threshold = ens.config.prune_threshold
-    log_threshold = math.log(threshold) if threshold > 0 else -math.inf
+    cfg = ens.config
+    log_threshold = math.log(cfg.prune_threshold) if cfg.prune_threshold > 0 else -math.inf
     pruned = 0.0
     for j in range(n):
-        if log_alpha[j] == -math.inf:
-            continue
-        share = log_alpha[j] - log_prefix[j]
-        if j > 0 and share < log_threshold:
-            pruned += math.exp(share)  # this start's share of P(text[:j]), an upper bound of its loss
-            continue
-        _walk_round(ens, sessions, data, j, log_alpha, log_prefix)
+        ranked = sorted(states[j].items(), key=lambda kv: -kv[1])
+        for rank, (key, log_alpha) in enumerate(ranked):
+            share = log_alpha - log_prefix[j]
+            if j > 0 and (rank >= cfg.beam_width or share < log_threshold):
+                pruned += math.exp(share)  # this state's share of P(text[:j]), an upper bound of its loss
+                continue
+            _walk_round(ens, sessions, data, j, key, log_alpha, states, log_prefix)
+        states[j] = {}  # done with this position
     logprobs = [float(log_prefix[i + 1] - log_prefix[i]) for i in range(n)]
     return ScoreResult.from_logprobs(logprobs, text, min(pruned, 1.0), _passes(ens, sessions))
 
 
-def _walk_round(ens: Scorable, sessions, data: bytes, j: int, log_alpha: np.ndarray, log_prefix: np.ndarray) -> None:
-    """One round opened at byte j, forced to follow data: add its END and prefix contributions."""
+def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_alpha: float,
+                states: list[dict[tuple, float]], log_prefix: np.ndarray) -> None:
+    """One round opened at byte j in state `key`, forced to follow data: add its END and prefix mass."""
     pending = split_complete(data[:j])[1]
     members = []
-    for session in sessions:
-        ids = None if session is None else session.token_ids(data[:j])
+    for session, ids in zip(sessions, key):
         members.append(None if ids is None or not session.fits(ids) else session.member_round(ids, pending))
     node = EnsembleRound(members, ens.combine, ens.weights, pending)
-    log_round = log_alpha[j]
+    log_round = log_alpha
     for i in range(j, len(data)):
         dist = node.distribution()
         if dist is None:
             return
         if dist[END] > 0:  # never at the round's start
-            log_alpha[i] = np.logaddexp(log_alpha[i], log_round + math.log(dist[END]))
+            following = _state_after(sessions, key, node, data[:i])
+            states[i][following] = np.logaddexp(states[i].get(following, -math.inf), log_round + math.log(dist[END]))
         byte = data[i]
         if not dist[byte] > 0:
             return
         log_round += math.log(dist[byte])
         log_prefix[i + 1] = np.logaddexp(log_prefix[i + 1], log_round)
         node = node.advance(byte)
+
+
+def _state_after(sessions, key: tuple, node: EnsembleRound, written: bytes) -> tuple:
+    """Each member's ids once the round ends here: its own token if it has one equal, else canonical."""
+    out = []
+    for session, ids, member in zip(sessions, key, node.members):
+        if session is None:
+            out.append(None)
+            continue
+        token = member.ending_token() if member is not None else None
+        if token is not None and ids is not None:
+            out.append(ids + (token,))
+        else:
+            canonical = session.token_ids(written)
+            out.append(None if canonical is None else tuple(canonical))
+    return tuple(out)

@@ -44,7 +44,7 @@ def expected_first_token_distribution(member, prompt, temperature):
 @pytest.mark.parametrize("kind, temperature", [("byte_level", 1.0), ("byte_fallback", 1.0), ("byte_level", 0.6)])
 def test_one_member_sampling_reproduces_its_token_distribution(kind, temperature):
     member = tiny_member(kind, seed=5)
-    ens = Ensemble([member], weights=[1.0], token_healing=False)
+    ens = Ensemble([member], weights=[1.0], mode="chared", token_healing=False)
     prompt = "Tom has 3 apples"
     want = expected_first_token_distribution(member, prompt, temperature)
     n = 3000
@@ -68,7 +68,7 @@ def test_one_member_sampling_reproduces_its_token_distribution(kind, temperature
 def test_greedy_writes_the_most_probable_token_not_the_largest_byte_marginal(kind):
     """One member at weight 1: a greedy round is the member's most probable token (grouped by bytes)."""
     member = tiny_member(kind, seed=5)
-    ens = Ensemble([member], token_healing=False)
+    ens = Ensemble([member], mode="chared", token_healing=False)
     for prompt in ("Tom has", "Emoji: ", "def add(a, b):\n"):
         want = expected_first_token_distribution(member, prompt, 1.0)
         best = max(want, key=want.get)
@@ -152,7 +152,7 @@ def test_member_without_mass_abstains_and_the_other_decides():
 
 
 def test_stats_count_forward_passes_and_tokens(bl, bf):
-    result = Ensemble([bl, bf], token_healing=False).generate("Tom has 3 apples", max_new_chars=30)
+    result = Ensemble([bl, bf], mode="chared", token_healing=False).generate("Tom has 3 apples", max_new_chars=30)
     st = result.stats
     assert st.rounds == len(result.rounds) or result.finish_reason != "eos"
     for name in (bl.name, bf.name):
@@ -206,3 +206,35 @@ def test_top_p_keeps_only_the_head(bl):
     outs = {ens.generate("Tom", max_new_chars=1, temperature=1.0, top_p=1e-6, seed=s).text for s in range(10)}
     greedy = ens.generate("Tom", max_new_chars=1).text
     assert outs == {greedy}
+
+
+def test_a_member_continues_from_its_own_token_not_the_canonical_split():
+    """Prompt "Tom ha", the round writes "s": the member then sees [..." ha", "s"], the tokens it
+    wrote, not the canonical [..." has"] (a split it would never have written itself)."""
+    from chared_flows.decoding import MemberAssets
+    from tests.fixtures.tiny import ScriptedRunner, tokenizer_for
+
+    tok = tokenizer_for("byte_level")
+    seen: list[list[int]] = []
+
+    class Recording(ScriptedRunner):
+        def next_logits(self, token_ids):
+            seen.append(list(token_ids))
+            return super().next_logits(token_ids)
+
+    holder: dict = {}
+    assets = MemberAssets.build(
+        "rec", tok, lambda: Recording(holder["a"].vocab, b"s", tok.eos_token_id, len(tok)), num_rows=len(tok)
+    )
+    holder["a"] = assets
+    from chared_flows.decoding import Member
+
+    member = Member(assets)
+    own = member.encode("Tom ha") + [member.encode("s", add_special_tokens=False)[0]]
+    canonical = member.encode("Tom has")
+    assert own != canonical  # the case this test is about
+    result = Ensemble([member], mode="chared", token_healing=False).generate("Tom ha", max_new_chars=5)
+    assert result.text == "s" and result.finish_reason == "eos"
+    assert seen[-1] == own
+    # Scoring follows the same states: the text is certain under the scripted member.
+    assert Ensemble([member], mode="chared", token_healing=False).score("Tom ha", "s").total_bits < 1e-6

@@ -51,7 +51,7 @@ def test_scripted_text_scores_near_zero_bits_in_both_modes():
 
 def test_chared_score_of_a_one_round_text_matches_the_procedure(bl):
     """Sum over round ends, checked on the first byte: P(first byte) equals the first step's choice."""
-    ens = Ensemble([bl])
+    ens = Ensemble([bl], mode="chared")
     session = bl.open_session("Tom has")
     dist = session.member_round(session.token_ids(b""), b"").distribution(b"")
     result = ens.score("Tom has", " 3")
@@ -60,7 +60,7 @@ def test_chared_score_of_a_one_round_text_matches_the_procedure(bl):
 
 def test_chared_score_sums_over_where_the_first_round_ends(bl):
     """P(b1 b2) = c0[b1] * (c0|b1[b2] + c0|b1[END] * c1[b2]): both ways the procedure writes 2 bytes."""
-    ens, prompt = Ensemble([bl], prune_threshold=0.0), "Tom has"  # no round start may be pruned
+    ens, prompt = Ensemble([bl], mode="chared", prune_threshold=0.0), "Tom has"  # no round start may be pruned
     session = bl.open_session(prompt)
 
     def step(prefix: bytes, start: int):
@@ -98,9 +98,9 @@ def test_exact_one_member_beats_or_equals_canonical_tokenization(bl):
 
 
 def test_token_healing_rewrites_the_cut_bytes_without_emitting_them(bl, bf):
-    ens = Ensemble([bl, bf], token_healing=True)
+    ens = Ensemble([bl, bf], mode="chared", token_healing=True)
     result = ens.generate("Tom has 3 app", max_new_chars=10)
-    plain = Ensemble([bl, bf]).generate("Tom has 3 app", max_new_chars=10)
+    plain = Ensemble([bl, bf], mode="chared").generate("Tom has 3 app", max_new_chars=10)
     assert len(result.text) <= 10 and result.text.encode().decode() == result.text
     assert result.stats.chars == len(result.text)
     run = _decoding(ens, "Tom has 3 app")
@@ -112,9 +112,33 @@ def test_token_healing_rewrites_the_cut_bytes_without_emitting_them(bl, bf):
 def test_token_healing_scripted_member_continues_the_word():
     """Healed, a member that writes "apples." after the cut continues the word; only "les." is output."""
     prompt = "Tom has 3 app"
-    probe = _decoding(Ensemble([scripted_member("x")], token_healing=True), prompt)
+    probe = _decoding(Ensemble([scripted_member("x")], mode="chared", token_healing=True), prompt)
     cut = probe.forced.decode()
     assert cut and prompt.endswith(cut) and cut.endswith("app")
-    ens = Ensemble([scripted_member(cut + "les.")], token_healing=True)
+    ens = Ensemble([scripted_member(cut + "les.")], mode="chared", token_healing=True)
     result = ens.generate(prompt, max_new_chars=100)
     assert result.text == "les." and result.finish_reason == "eos" and "".join(result.rounds) == "les."
+
+
+def test_chared_score_is_the_probability_that_sampling_writes_the_text(bl, bf):
+    """Sampled texts' frequencies match exp(score): generation and scoring walk the same procedure.
+
+    Two members of different families, so rounds end where one member's token ends and
+    the other's does not; each member then continues from its own token or from the
+    canonical tokenization, and the score must follow exactly the same states.
+    """
+    from scipy import stats
+
+    ens = Ensemble([bl, bf], weights=[0.6, 0.4], mode="chared", token_healing=False, prune_threshold=0.0)
+    prompt, n = "Tom has", 2000
+    counts: dict[str, int] = {}
+    for seed in range(n):
+        text = ens.generate(prompt, max_new_chars=3, temperature=1.0, seed=seed).text
+        if len(text) == 3:  # texts cut by the length limit: their probability is a prefix probability
+            counts[text] = counts.get(text, 0) + 1
+    top = sorted(counts, key=counts.get, reverse=True)[:8]
+    expected = [n * math.exp(sum(ens.score(prompt, t).byte_logprobs)) for t in top]
+    observed = [counts[t] for t in top]
+    rest_obs, rest_exp = n - sum(observed), n - sum(expected)
+    p_value = stats.chisquare(observed + [rest_obs], expected + [rest_exp]).pvalue
+    assert p_value > 1e-3, list(zip(top, observed, expected))

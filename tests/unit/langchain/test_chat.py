@@ -95,7 +95,7 @@ def test_tool_messages_and_assistant_only_chats_are_refused(fake_engine) -> None
 def test_multi_turn_on_the_real_engine_renders_a_transcript_for_template_less_members() -> None:
     """Scripted members have no chat template: the engine renders a plain transcript."""
     members = [scripted_member("Fine.", name="m1"), scripted_member("Fine.", name="m2", kind="byte_fallback")]
-    chat = ChatCharED(preloaded_members=members, weights=[0.5, 0.5], max_tokens=20)
+    chat = ChatCharED(preloaded_members=members, weights=[0.5, 0.5], max_tokens=20, mode="chared")
     conversation = [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello."), HumanMessage("How are you?")]
     assert chat.invoke(conversation).content == "Fine."
     rendered, _ = members[0].render(messages_to_chat(conversation))
