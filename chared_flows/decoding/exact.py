@@ -49,6 +49,7 @@ import numpy as np
 from chared_flows.decoding.index import END, EOS, NUM_OPTIONS, Split
 from chared_flows.decoding.members import MemberSession
 from chared_flows.decoding.rounds import Cursor, EnsembleRound, MemberRound, Rule
+from chared_flows.decoding.scheduler import gather
 from chared_flows.decoding.utf8 import next_byte_mask, pending_after
 
 DEFAULT_BEAM_WIDTH = 8
@@ -199,26 +200,31 @@ class ExactBeam:
             self.kept_log += float(kept - total)
         self.paths = [self.paths[i] for i in keep if weights[i] > -math.inf]
 
-    def _run_owed_passes(self) -> None:
-        # Sorted by ids, consecutive passes share long prefixes.
-        owed = sorted((p for p in self.paths if p.probs is None), key=lambda p: p.ids)
+    def owed_passes(self) -> list[tuple[Path, tuple]]:
+        """Queue the forward passes the surviving paths owe (settle them with `settle`).
+
+        Each path's pass runs on a runner restored from its parent's snapshot, so the
+        passes of all paths (and of all members, see ExactSource.prepare) are
+        independent and leave together as one batched forward per member.
+        """
+        owed = [p for p in self.paths if p.probs is None]
         for path in owed:
             if not self.session.fits(path.ids):
                 self.window_full = True
                 self.paths = []
-                return
-            path.probs, path.eos = self._forward(path)
-            path.lo, path.hi = 0, len(self.index)
-            path.split = self.index.split(path.probs, 0, len(self.index), 0)
+                return []
+        return [(p, self.session.submit_probs(p.ids, parent=p.parent_cache, fork=True)) for p in owed]
 
-    def _forward(self, path: Path) -> tuple[np.ndarray, float]:
-        runner = self.session.runner
-        if path.parent_cache is not None:
-            runner.restore(path.parent_cache)  # copy-on-write: the parent's state stays valid for its siblings
-        result = self.session.next_token_probs(path.ids)
-        path.cache = runner.snapshot()
+    def settle(self, path: Path, result: tuple) -> None:
+        path.probs, path.eos, path.cache = result
         path.parent_cache = None  # let the parent's cache be freed once no path needs it
-        return result
+        path.lo, path.hi = 0, len(self.index)
+        path.split = self.index.split(path.probs, 0, len(self.index), 0)
+
+    def _run_owed_passes(self) -> None:
+        owed = self.owed_passes()
+        for (path, _), result in zip(owed, gather([request for _, request in owed])):
+            self.settle(path, result)
 
 
 class ExactSource:
@@ -236,7 +242,15 @@ class ExactSource:
     def window_full(self) -> bool:
         return any(b is not None and b.window_full for b in self.beams)
 
+    def prepare(self) -> None:
+        """Run every pass the members' beams owe at this byte, all members at once (see scheduler.py)."""
+        owed = [(beam, path, request) for beam in self.beams if beam is not None
+                for path, request in beam.owed_passes()]
+        for (beam, path, _), result in zip(owed, gather([request for _, _, request in owed])):
+            beam.settle(path, result)
+
     def member_distributions(self) -> list[np.ndarray | None]:
+        self.prepare()
         return [None if b is None else b.distribution(self.pending) for b in self.beams]
 
     def distribution(self) -> np.ndarray | None:
@@ -256,5 +270,6 @@ class ExactSource:
 
     def lookahead(self) -> EnsembleRound:
         """A round over the rest of each member's current token (greedy's unit in exact mode)."""
+        self.prepare()
         members = [None if b is None else b.lookahead() for b in self.beams]
         return EnsembleRound(members, self.rule, self.weights, self.pending)

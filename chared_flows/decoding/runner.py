@@ -53,28 +53,39 @@ class CachedRunner:
         self._cached_ids: list[int] = []
         self._last_logits: torch.Tensor | None = None
         self._shared = False  # the cache object is also held by a snapshot: copy before writing
-        # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns).
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(model)
         self._device = _model_device(model)
 
     def next_logits(self, token_ids: Sequence[int]) -> torch.Tensor:
         ids = list(token_ids)
-        if not ids:
-            raise ValueError("a forward pass needs at least one token; add a BOS token or a prompt")
-        if ids == self._cached_ids and self._last_logits is not None:
-            return self._last_logits
-        # Keep at least one token to feed: logits come from the last fed position.
-        keep = self._crop_to(min(common_prefix_len(self._cached_ids, ids), len(ids) - 1))
+        cached = self.cached_logits(ids)
+        if cached is not None:
+            return cached
+        keep = self.prepare(ids)
         new = torch.tensor([ids[keep:]], dtype=torch.long, device=self._device)
         with torch.inference_mode():
             out = self.model(input_ids=new, use_cache=True, **{self._cache_arg: self._cache})
-        self._cache = getattr(out, self._cache_arg)
-        self._cached_ids = ids
-        self._last_logits = out.logits[0, -1].float()
-        self.forward_passes += 1
-        self.tokens_fed += new.shape[1]
+        self.commit(ids, getattr(out, self._cache_arg), out.logits[0, -1].float(), new.shape[1])
         return self._last_logits
+
+    def cached_logits(self, ids: list[int]) -> torch.Tensor | None:
+        """The logits after `ids` if they are what the runner computed last (no pass needed)."""
+        if not ids:
+            raise ValueError("a forward pass needs at least one token; add a BOS token or a prompt")
+        return self._last_logits if ids == self._cached_ids and self._last_logits is not None else None
+
+    def prepare(self, ids: list[int]) -> int:
+        """Roll the cache back to its longest common prefix with `ids`; return how many ids it keeps.
+
+        At least one id is left to feed: logits come from the last fed position.
+        """
+        return self._crop_to(min(common_prefix_len(self._cached_ids, ids), len(ids) - 1))
+
+    def commit(self, ids: list[int], cache: Any, logits: torch.Tensor, fed: int) -> None:
+        self._cache, self._shared = cache, False
+        self._cached_ids, self._last_logits = list(ids), logits
+        self.forward_passes += 1
+        self.tokens_fed += fed
 
     def snapshot(self) -> CacheSnapshot:
         self._shared = True
@@ -98,13 +109,23 @@ class CachedRunner:
         return keep
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
+        return new_cache(self.model)
 
-        cache = DynamicCache(config=self.model.config)
-        # Sliding-window layers drop old keys unless told to keep them (see _slice_layers).
-        if hasattr(cache, "activate_past_recording"):
-            cache.activate_past_recording()
-        return cache
+
+def cache_argument(model: Any) -> str:
+    # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns).
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    # Sliding-window layers drop old keys unless told to keep them (see _slice_layers).
+    if hasattr(cache, "activate_past_recording"):
+        cache.activate_past_recording()
+    return cache
 
 
 def _model_device(model: Any) -> torch.device:
@@ -172,6 +193,9 @@ class UncachedRunner:
         pass
 
 
+MAX_BATCHED_NEW_TOKENS = 4  # sequences owing more (a prompt's prefill) run alone: padding them would waste the batch
+
+
 class TransformersBackend:
     """A HF causal LM in this process."""
 
@@ -180,12 +204,85 @@ class TransformersBackend:
     def __init__(self, model: Any, source: str = ""):
         self.model = model
         self.source = source
+        self._cache_arg = cache_argument(model)
 
     def new_runner(self) -> TokenRunner:
         return CachedRunner(self.model)
 
     def next_logits_batch(self, runners: Sequence[TokenRunner], token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        return loop_batch(runners, token_ids)
+        """The next-token logits of several sequences, the short steps in one batched forward pass.
+
+        Each sequence keeps its own compact cache. The batch left-pads the caches to the
+        longest, right-pads the new tokens, and passes an attention mask and explicit
+        positions. Subtle: padding only at the two ends keeps every real token's distance
+        to every other real token, so sliding-window layers (Gemma-3) see exactly the
+        window they would alone; padding between a cache and its new tokens would not.
+        Afterwards each sequence's cache is a contiguous view of the batch's (no copy).
+        """
+        if len(runners) != len(token_ids):
+            raise ValueError(f"{len(runners)} runners for {len(token_ids)} id sequences; pass one per runner")
+        if not all(isinstance(r, CachedRunner) for r in runners):
+            return loop_batch(runners, token_ids)
+        out: list[torch.Tensor | None] = [None] * len(runners)
+        rows = []
+        for i, (runner, ids) in enumerate(zip(runners, token_ids)):
+            ids = list(ids)
+            cached = runner.cached_logits(ids)
+            if cached is not None:
+                out[i] = cached
+            elif len(ids) - common_prefix_len(runner._cached_ids, ids) > MAX_BATCHED_NEW_TOKENS or len(ids) < 2:
+                out[i] = runner.next_logits(ids)
+            else:
+                rows.append((i, runner, ids, runner.prepare(ids)))
+        if len(rows) == 1:
+            i, runner, ids, _ = rows[0]
+            out[i] = runner.next_logits(ids)
+        elif rows:
+            for (i, *_), logits in zip(rows, self._forward_rows([r[1:] for r in rows])):
+                out[i] = logits
+        return out  # type: ignore[return-value]
+
+    def _forward_rows(self, rows: list[tuple[CachedRunner, list[int], int]]) -> list[torch.Tensor]:
+        device = _model_device(self.model)
+        keeps = [keep for _, _, keep in rows]
+        fresh = [len(ids) - keep for _, ids, keep in rows]
+        held, width = max(keeps), max(fresh)
+        inputs = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), held + width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, (_, ids, keep) in enumerate(rows):
+            inputs[b, : fresh[b]] = torch.tensor(ids[keep:])
+            mask[b, held - keep: held + fresh[b]] = 1
+            positions[b] = keep + torch.arange(width)
+        cache = self._stack_caches([r._cache for r, _, _ in rows], keeps, held) if held else new_cache(self.model)
+        with torch.inference_mode():
+            result = self.model(
+                input_ids=inputs.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                use_cache=True, **{self._cache_arg: cache},
+            )
+        batch_cache = getattr(result, self._cache_arg)
+        logits = result.logits[torch.arange(len(rows)), torch.tensor(fresh) - 1].float()
+        out = []
+        for b, (runner, ids, keep) in enumerate(rows):
+            row_cache = _row_view(self.model, batch_cache, b, held - keep, held + fresh[b])
+            runner.commit(ids, row_cache, logits[b], fresh[b])
+            out.append(logits[b])
+        return out
+
+    def _stack_caches(self, caches: list[Any], keeps: list[int], held: int) -> Any:
+        """One batch cache: each sequence's keys and values left-padded to `held` positions."""
+        stacked = new_cache(self.model)
+        for index, layer in enumerate(stacked.layers):
+            rows = [c.layers[index] for c in caches]
+            full = next(r for r, keep in zip(rows, keeps) if keep)  # some row holds keys: held > 0
+            keys = full.keys.new_zeros((len(rows), full.keys.shape[1], held, full.keys.shape[3]))
+            values = full.values.new_zeros((len(rows), full.values.shape[1], held, full.values.shape[3]))
+            for b, (row, keep) in enumerate(zip(rows, keeps)):
+                if keep:
+                    keys[b, :, held - keep:] = row.keys[0, :, :keep]
+                    values[b, :, held - keep:] = row.values[0, :, :keep]
+            _fill_layer(layer, keys, values, held)
+        return stacked
 
     def identity(self) -> dict[str, Any]:
         config = getattr(self.model, "config", None)
@@ -196,3 +293,20 @@ class TransformersBackend:
             "dtype": str(getattr(self.model, "dtype", "")).replace("torch.", ""),
             "device": str(_model_device(self.model)),
         }
+
+
+def _fill_layer(layer: Any, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+    """Give a fresh cache layer these keys and values (as its own lazy initialisation would)."""
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+    if hasattr(layer, "cumulative_length"):
+        layer.cumulative_length = length
+
+
+def _row_view(model: Any, batch_cache: Any, row: int, start: int, stop: int) -> Any:
+    """Sequence `row`'s positions [start, stop) of a batch cache, as its own cache (views, no copy)."""
+    cache = new_cache(model)
+    for layer, source in zip(cache.layers, batch_cache.layers):
+        _fill_layer(layer, source.keys[row: row + 1, :, start:stop], source.values[row: row + 1, :, start:stop],
+                    stop - start)
+    return cache

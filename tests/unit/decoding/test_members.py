@@ -129,3 +129,36 @@ def test_malformed_messages_are_refused():
         member.render([{"role": "robot", "content": "hi"}])
     with pytest.raises(ConfigError, match="empty"):
         member.render([])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_batched_passes_give_each_sequence_its_own_logits(arch):
+    """One batched forward over sequences of different lengths and rollbacks = each sequence alone.
+
+    Gemma-3's sliding window is 6 here, so most sequences reach past it: padding that
+    moved a token's distance to the others would change the sliding layers' logits.
+    """
+    from chared_flows.decoding.runner import TransformersBackend
+
+    model = tiny_model(120, seed=7, arch=arch)
+    backend, reference = TransformersBackend(model), UncachedRunner(model)
+    runners = [backend.new_runner() for _ in range(4)]
+    steps = [
+        [[3, 4, 5], [9, 8, 7, 6, 5, 4, 3, 2], [11], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]],  # prefills (alone)
+        [[3, 4, 5, 6], [9, 8, 7, 6, 5, 4, 3, 2, 40], [11, 12], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]],
+        [[3, 4, 5, 6, 7], [9, 8, 7, 6, 5, 4, 3, 2, 40, 41], [11, 12, 13, 14], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]],
+        [[3, 4, 50, 51], [9, 8, 7, 6, 5, 4, 3, 2, 40, 41, 42], [11, 12, 13, 14, 15], [3, 4, 5, 6, 7, 8, 9, 10, 60]],
+        [[3, 4, 50, 51, 52], [9, 8, 7, 6, 5, 4, 3, 2, 40, 41, 42, 43], [11, 12, 13, 14, 15, 16], [3, 4, 5, 6, 7, 8, 9, 10, 60, 61]],
+    ]
+    for ids in steps:
+        got = backend.next_logits_batch(runners, ids)
+        for seq, logits in zip(ids, got):
+            torch.testing.assert_close(logits, reference.next_logits(seq), rtol=1e-4, atol=1e-4)
+    # The caches left behind by a batch serve single calls and snapshots correctly too.
+    snap = runners[1].snapshot()
+    longer = steps[-1][1] + [44, 45]
+    torch.testing.assert_close(runners[1].next_logits(longer), reference.next_logits(longer), rtol=1e-4, atol=1e-4)
+    runners[0].restore(snap)
+    other = steps[-1][1] + [46]
+    torch.testing.assert_close(runners[0].next_logits(other), reference.next_logits(other), rtol=1e-4, atol=1e-4)
+    assert all(r.cache_rebuilds == 0 for r in runners)
