@@ -61,6 +61,7 @@ class GenerationStats:
     search_capped: int = 0  # searches that hit their cap (their result is then the best found, unproved)
     healed_bytes: int = 0  # prompt bytes the first rounds rewrote (token healing)
     search_rounds: int = 0  # rounds greedy search opened to finish a character a token left half written
+    reseeds: dict[str, int] = field(default_factory=dict)  # exact mode: beams re-seeded after losing every path
 
     @property
     def total_forward_passes(self) -> int:
@@ -471,6 +472,8 @@ class _Decoding:
         for name, beam in zip(self.ens.names, self.exact.beams if self.exact else []):
             if beam is not None:
                 stats.pruned_mass[name] = beam.pruned_mass
+                if beam.reseeds:
+                    stats.reseeds[name] = beam.reseeds
         for name, session in zip(self.ens.names, self.sessions):
             if session is None:
                 continue

@@ -95,6 +95,7 @@ class ExactBeam:
         self.log_threshold = log_threshold
         self.kept_log = kept_log  # log of the fraction of mass that pruning kept, over all steps
         self.window_full = False
+        self.reseeds = 0  # times this member's beam lost every path and was re-seeded
         self._dist: dict[bytes, np.ndarray | None] = {}
 
     @classmethod
@@ -104,13 +105,42 @@ class ExactBeam:
         beam_width: int = DEFAULT_BEAM_WIDTH,
         prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
         backoff_tokens: int = DEFAULT_BACKOFF_TOKENS,
+        generated: bytes = b"",
     ) -> "ExactBeam":
-        """A beam at the end of the session's prompt, its last tokens read as bytes."""
-        anchor_ids, tail = session.anchor(backoff_tokens)
+        """A beam at the end of prompt + `generated`, the last tokens read as bytes.
+
+        Subtle: a narrow beam can lose the canonical path while it reads the tail (a
+        longer token wins and then cannot read on); we then back off fewer tokens, down
+        to none, which always survives.
+        """
         log_threshold = math.log(prune_threshold) if prune_threshold > 0 else -math.inf
-        beam = cls(session, [Path(tuple(anchor_ids), 0.0)], beam_width, log_threshold)
-        for byte in tail:
-            beam = beam.advance(byte)
+        for backoff in range(backoff_tokens, -1, -1):
+            anchor_ids, tail = session.anchor(backoff, generated)
+            beam = cls(session, [Path(tuple(anchor_ids), 0.0)], beam_width, log_threshold)
+            for byte in tail:
+                beam = beam.advance(byte)
+            if beam.alive or beam.window_full:
+                return beam
+        return beam
+
+    def reseeded(self, generated: bytes, byte: int, pending: bytes) -> "ExactBeam":
+        """A new beam that can read `byte`, from the canonical tokenization of the text so far.
+
+        Pruning can drop the only paths that read on (" fun" pruned for " func..." before
+        "ky"); genlm-bytes heals the same way. We back off as many tokens as the first
+        beam did, then fewer, down to none (the canonical path itself, at a token
+        boundary), and keep the first beam that gives `byte` any mass. The pruned mass
+        stays counted; `reseeds` counts the recoveries.
+        """
+        threshold = math.exp(self.log_threshold) if self.log_threshold > -math.inf else 0.0
+        beam = self
+        for backoff in range(DEFAULT_BACKOFF_TOKENS, -1, -1):
+            beam = ExactBeam.start(self.session, self.beam_width, threshold, backoff, generated)
+            dist = beam.distribution(pending)
+            if dist is not None and dist[byte] > 0:
+                break
+        beam.kept_log += self.kept_log
+        beam.reseeds = self.reseeds + 1
         return beam
 
     @property
@@ -151,7 +181,7 @@ class ExactBeam:
             if path.split.masses[byte] > 0:
                 new.extend(self._extend(path, byte))
         beam = ExactBeam(self.session, new, self.beam_width, self.log_threshold, self.kept_log)
-        beam.window_full = self.window_full
+        beam.window_full, beam.reseeds = self.window_full, self.reseeds
         beam._prune()
         return beam
 
@@ -230,17 +260,23 @@ class ExactBeam:
 class ExactSource:
     """The ensemble in exact mode as a byte source: the members' beams combined by the rule."""
 
-    def __init__(self, beams: Sequence[ExactBeam | None], rule: Rule, weights: np.ndarray, pending: bytes = b""):
+    def __init__(self, beams: Sequence[ExactBeam | None], rule: Rule, weights: np.ndarray, pending: bytes = b"",
+                 generated: bytes = b""):
         self.beams = tuple(beams)
         self.rule = rule
         self.weights = weights
         self.pending = pending
+        self.generated = generated  # the bytes written after the prompt (re-seeding starts from them)
         self._dist: np.ndarray | None | bool = False
         self._children: dict[int, ExactSource] = {}
 
     @property
     def window_full(self) -> bool:
         return any(b is not None and b.window_full for b in self.beams)
+
+    @property
+    def reseeds(self) -> list[int]:
+        return [0 if b is None else b.reseeds for b in self.beams]
 
     def prepare(self) -> None:
         """Run every pass the members' beams owe at this byte, all members at once (see scheduler.py)."""
@@ -260,11 +296,28 @@ class ExactSource:
             self._dist = combined / total if total > 0 else None
         return self._dist
 
+    def ready_for(self, byte: int) -> "ExactSource":
+        """This source, with every member whose beam cannot read `byte` re-seeded here (see reseeded).
+
+        A member that cannot read it even then abstains at this byte, and tries again at the next.
+        """
+        dists = self.member_distributions()
+        stuck = [k for k, (b, d) in enumerate(zip(self.beams, dists))
+                 if b is not None and not b.window_full and (d is None or not d[byte] > 0)]
+        if not stuck:
+            return self
+        beams = list(self.beams)
+        for k in stuck:
+            beams[k] = beams[k].reseeded(self.generated, byte, self.pending)
+        return ExactSource(beams, self.rule, self.weights, self.pending, self.generated)
+
     def advance(self, byte: int) -> "ExactSource":
         child = self._children.get(byte)
         if child is None:
-            beams = [b.advance(byte) if b is not None and b.alive else b for b in self.beams]
-            child = ExactSource(beams, self.rule, self.weights, pending_after(self.pending, byte))
+            ready = self.ready_for(byte)
+            beams = [b.advance(byte) if b is not None and b.alive else b for b in ready.beams]
+            child = ExactSource(beams, self.rule, self.weights, pending_after(self.pending, byte),
+                                self.generated + bytes([byte]))
             self._children[byte] = child
         return child
 

@@ -272,20 +272,24 @@ class MemberSession:
         """Every forward pass this session ran: its own runner's and its forked runners'."""
         return PassCounts.of(self.runner) + self.forked
 
-    def anchor(self, backoff_tokens: int) -> tuple[list[int], bytes]:
-        """Canonical context ids cut back by up to `backoff_tokens` text tokens, and the bytes cut off.
+    def anchor(self, backoff_tokens: int, generated: bytes = b"") -> tuple[list[int], bytes]:
+        """Canonical ids of context + `generated`, cut back by up to `backoff_tokens` text tokens,
+        and the bytes cut off.
 
         Exact mode starts its beam at the cut and consumes the cut bytes like
-        generated ones, so the prompt's last (maybe partial) token is summed
-        over every tokenization.
+        generated ones, so the text's last (maybe partial) token is summed over
+        every tokenization (at the prompt's end, and when a beam is re-seeded).
         """
-        ids = self._start_ids + self.member.encode(self.context_text, self._add_special)
-        cuts = self.tail_boundaries(backoff_tokens, ids)
-        cut = cuts[-1]
-        text = self.context_text.encode("utf-8")
+        ids = self.token_ids(generated) if generated else self._start_ids + self.member.encode(
+            self.context_text, self._add_special)
+        if ids is None:
+            raise ValueError("the member cannot write the generated text's incomplete tail")
+        text = self.context_text.encode("utf-8") + bytes(generated)
+        cut = self.tail_boundaries(backoff_tokens, ids, text)[-1]
         return ids[: len(ids) - cut[0]], text[len(text) - cut[1]:]
 
-    def tail_boundaries(self, max_tokens: int, ids: list[int] | None = None) -> list[tuple[int, int]]:
+    def tail_boundaries(self, max_tokens: int, ids: list[int] | None = None,
+                        text: bytes | None = None) -> list[tuple[int, int]]:
         """(tokens, bytes) cut off the context's end at each of its last token boundaries, nearest first.
 
         Starts with (0, 0). Subtle: we stop at a special or template token (no
@@ -295,7 +299,8 @@ class MemberSession:
         """
         if ids is None:
             ids = self._start_ids + self.member.encode(self.context_text, self._add_special)
-        text = self.context_text.encode("utf-8")
+        if text is None:
+            text = self.context_text.encode("utf-8")
         out, tail = [(0, 0)], b""
         while len(out) <= max_tokens and len(ids) - len(out) >= 1:
             data = self.member.assets.vocab.tokens[ids[len(ids) - len(out)]]

@@ -59,6 +59,7 @@ class ScoreResult:
     bytes: int
     pruned_mass: float  # exact: largest per-member pruned fraction; chared: pruned share of round starts
     forward_passes: dict[str, int] = field(default_factory=dict)
+    reseeds: dict[str, int] = field(default_factory=dict)  # exact: beams re-seeded after losing every path
 
     @classmethod
     def from_logprobs(cls, logprobs: list[float], text: str, pruned: float, passes: dict[str, int]) -> "ScoreResult":
@@ -86,7 +87,7 @@ def _open_sessions(ens: Scorable, prompt) -> list[MemberSession | None]:
 
 
 def _passes(ens: Scorable, sessions) -> dict[str, int]:
-    return {n: s.runner.forward_passes for n, s in zip(ens.names, sessions) if s is not None}
+    return {n: s.pass_counts().forward_passes for n, s in zip(ens.names, sessions) if s is not None}
 
 
 def _log(p: float) -> float:
@@ -100,11 +101,14 @@ def score_exact(ens: Scorable, prompt, text: str) -> ScoreResult:
     source = ExactSource(beams, ens.combine, ens.weights)
     logprobs = []
     for byte in text.encode("utf-8"):
+        source = source.ready_for(byte)  # a member whose beam lost every path reading on is re-seeded
         dist = source.distribution()
         logprobs.append(_log(dist[byte]) if dist is not None else -math.inf)
         source = source.advance(byte)
     pruned = max((b.pruned_mass for b in source.beams if b is not None), default=0.0)
-    return ScoreResult.from_logprobs(logprobs, text, pruned, _passes(ens, sessions))
+    result = ScoreResult.from_logprobs(logprobs, text, pruned, _passes(ens, sessions))
+    result.reseeds = {n: r for n, r in zip(ens.names, source.reseeds) if r}
+    return result
 
 
 def score_chared(ens: Scorable, prompt, text: str) -> ScoreResult:

@@ -173,3 +173,27 @@ def test_exact_greedy_is_deterministic_and_members_advance_independently():
     assert a.text == b.text
     # No shared rounds: the members' forward-pass counts differ (their tokens end at different bytes).
     assert a.stats.rounds == 0 and 1 <= a.stats.steps <= len(a.text.encode())
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "byte_fallback"])
+def test_a_beam_that_loses_every_path_is_reseeded_and_never_gives_infinite_bits(kind):
+    """beam_width=1 keeps one tokenization; where it cannot read on, the beam restarts from the
+    canonical tokenization of the text so far instead of scoring the byte as impossible."""
+    member = tiny_member(kind, seed=2)
+    texts = [" 3 apples and 5 more.", "\n    return a + b\n", " résumé, déjà vu 😀", "    indented    runs"]
+    narrow = Ensemble([member], mode="exact", beam_width=1, prune_threshold=0.0)
+    reseeds = 0
+    for text in texts:
+        result = narrow.score("Tom has", text)
+        assert math.isfinite(result.total_bits), (text, result.byte_logprobs)
+        reseeds += sum(result.reseeds.values())
+    assert reseeds > 0  # the narrow beam did lose its paths, and recovered
+    wide = Ensemble([member], mode="exact", beam_width=64, prune_threshold=0.0).score("Tom has", texts[0])
+    assert wide.reseeds == {}
+
+
+def test_narrow_beam_generation_keeps_every_member_writing():
+    ens = Ensemble([tiny_member("byte_level", 0), tiny_member("byte_fallback", 1)], mode="exact", beam_width=1)
+    for seed in range(3):
+        result = ens.generate("Emoji: 😀 你好", max_new_chars=20, temperature=1.2, seed=seed)
+        assert result.text and not result.stats.abstentions, result.stats
