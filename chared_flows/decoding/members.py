@@ -48,9 +48,17 @@ class Member:
     chat: bool = False
 
     @classmethod
-    def load(cls, spec: str, *, chat: bool = False, cache_dir: str | None = None, dtype: str = "float32") -> "Member":
-        """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process)."""
-        return cls(load_assets(spec, cache_dir=cache_dir, dtype=dtype), chat=chat)
+    def load(
+        cls, spec: str, *, chat: bool = False, cache_dir: str | None = None, dtype: str = "float32",
+        device: str = "cpu",
+    ) -> "Member":
+        """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process).
+
+        device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; members of one ensemble
+        may sit on different devices (each pass runs on its member's device, and only the
+        sorted next-token probabilities come back to the host).
+        """
+        return cls(load_assets(spec, cache_dir=cache_dir, dtype=dtype, device=device), chat=chat)
 
     @classmethod
     def from_pretrained(cls, model: Any, tokenizer: Any, *, name: str, chat: bool = False) -> "Member":

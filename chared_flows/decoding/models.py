@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -62,22 +63,48 @@ def _gemma3_gguf(cache_dir: Path) -> Path:
 EMBEDDED: dict[str, Callable[[Path], Path]] = {"smollm2": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
 
 
-def load_assets(spec: str, *, cache_dir: str | os.PathLike | None = None, dtype: str = "float32") -> MemberAssets:
-    """Load (once per process) the model and tokenizer a spec names, with its byte index."""
+def load_assets(
+    spec: str, *, cache_dir: str | os.PathLike | None = None, dtype: str = "float32", device: str = "cpu"
+) -> MemberAssets:
+    """Load (once per process and device) the model and tokenizer a spec names, with its byte index."""
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"model spec {spec!r} is empty; use an alias ({', '.join(EMBEDDED)}), a directory, a .gguf file or a hub id")
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; use one of: {', '.join(_DTYPES)}")
+    target = resolve_device(device)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = (spec, dtype, str(root))
+    key = (spec, dtype, str(root), target)
     with _LOCK:
         if key not in _LOADED:
             started = time.perf_counter()
             with quiet_transformers():
                 model, tokenizer, source = _load(spec, root, dtype)
+            model = model.to(target)
             _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
-            log.info("loaded %s from %s in %.1f s", spec, source, time.perf_counter() - started)
+            log.info("loaded %s from %s on %s in %.1f s", spec, source, target, time.perf_counter() - started)
         return _LOADED[key]
+
+
+def resolve_device(device: str) -> str:
+    """'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (the first of cuda, mps, cpu that this machine has)."""
+    import torch
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|mps|auto|cuda(:\d+)?", device):
+        raise ConfigError(f"device {device!r} is not one of cpu, cuda, cuda:N, mps, auto")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: this torch has no CUDA device (torch {torch.__version__}); "
+                                 "use device='cpu' or install a CUDA build of torch")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device 'mps': this machine has no Apple GPU; use device='cpu'")
+    return device
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@ import pytest
 from chared_flows.decoding import Ensemble, Member
 from chared_flows.decoding.models import load_assets
 from chared_flows.errors import ConfigError, ModelLoadError
-from tests.fixtures.tiny import PAD_ROWS, byte_fallback_tokenizer, tiny_model
+from tests.fixtures.tiny import PAD_ROWS, byte_fallback_tokenizer, byte_level_tokenizer, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,33 @@ def test_hub_id_offline_says_how_to_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError, match="could not load model 'nobody/nothing'.*offline, pass a local"):
         Member.load("nobody/nothing", cache_dir=str(tmp_path))
+
+
+def test_device_choices_are_checked():
+    from chared_flows.decoding.models import resolve_device
+    from chared_flows.errors import ConfigError, ModelLoadError
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda", "mps")
+    with pytest.raises(ConfigError, match="device 'gpu' is not one of cpu, cuda, cuda:N, mps, auto"):
+        resolve_device("gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA device"):
+            resolve_device("cuda:1")
+
+
+def test_a_model_loaded_on_a_device_decodes_there(tmp_path):
+    """device='cpu' explicitly, and 'auto' (cpu here): the same text as the default load."""
+    from chared_flows.decoding import Ensemble
+
+    tok = byte_level_tokenizer()
+    tiny_model(len(tok) + PAD_ROWS).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    texts = []
+    for device in ("cpu", "auto"):
+        member = Member.load(str(tmp_path / "m"), cache_dir=str(tmp_path / "cache"), device=device)
+        assert member.assets.backend.identity()["device"].startswith(("cpu", "cuda", "mps"))
+        texts.append(Ensemble([member]).generate("Tom has", max_new_chars=10).text)
+    assert texts[0] == texts[1]
