@@ -7,8 +7,11 @@ noisy, so compare ratios, not absolute times, between runs):
 - ensemble characters/s (greedy, --chars characters after a fixed prompt);
 - each member alone with transformers `generate` and its KV cache (tokens/s,
   and the per-token decode time t_k, prefill excluded);
-- R = ensemble wall time / sum_k(forward passes_k x t_k), and R without the
-  prompt's prefill pass;
+- R_sum = ensemble wall time / sum over members of (prefill_k + (passes_k - 1) x t_k):
+  the cost against running the members one after the other;
+- R_max = ensemble wall time / (max_k prefill_k + rounds x max_k t_k): against the
+  slowest member alone, the floor when the members of a round run at the same time
+  (they do: one worker thread per member, chared_flows/decoding/scheduler.py);
 - tokens fed per member after the prompt / the member's output tokens;
 - one marginal step (split of the full vocabulary, the widest step) and the
   per-round preparation (softmax, sort gather, UTF-8 mask), per member;
@@ -18,6 +21,7 @@ noisy, so compare ratios, not absolute times, between runs):
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -56,17 +60,17 @@ def marginal_step_time(member: Member, repeats: int = 200) -> tuple[float, float
     """(seconds per widest marginal step, seconds per round preparation) on this member's vocabulary."""
     session = member.open_session(PROMPT)
     ids = session.token_ids(b"")
-    state = session.round_state(ids, b"")
     index = member.assets.index
+    sorted_probs, _ = session.next_token_probs(ids)
     start = time.perf_counter()
     for _ in range(repeats):
-        index.split(state.sorted_probs, 0, len(index), 0)
+        index.split(sorted_probs, 0, len(index), 0)
     step = (time.perf_counter() - start) / repeats
     logits = session.runner.next_logits(ids)
-    session.runner.next_logits = lambda _ids: logits  # time the preparation alone, not the model
     start = time.perf_counter()
     for _ in range(repeats // 4):
-        session.round_state(ids, b"")
+        probs, _ = session._probs(logits)  # softmax, gather into sorted order, to the host
+        probs * index.validity_mask(b"")  # the UTF-8 mask
     prep = (time.perf_counter() - start) / (repeats // 4)
     return step, prep
 
@@ -81,38 +85,40 @@ def main() -> None:
     start = time.perf_counter()
     members = [Member.load("smollm2"), Member.load("gemma3-270m")]
     print(f"# engine benchmark: torch {torch.__version__}, threads={torch.get_num_threads()}, "
-          f"load {time.perf_counter() - start:.1f} s")
+          f"cores={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, models loaded in "
+          f"{time.perf_counter() - start:.1f} s")
 
-    ens = Ensemble(members, weights=[0.5, 0.5])
+    ens = Ensemble(members, weights=[0.5, 0.5], mode="chared")
     ens.generate(PROMPT, max_new_chars=10)  # warm-up: allocator, first-call costs
     result = ens.generate(PROMPT, max_new_chars=args.chars)
     st = result.stats
 
-    rows, floor, floor_no_prefill = [], 0.0, 0.0
+    rows = []
     for m, name in zip(members, ens.names):
         t_tok, t_first = per_token_time(m)
         passes = st.forward_passes[name]
-        floor += passes * t_tok
-        floor_no_prefill += (passes - 1) * t_tok
-        prefill_extra = max(t_first - t_tok, 0.0)
         refed = (st.tokens_fed[name] - st.prompt_tokens[name]) / max(st.output_tokens[name], 1)
         step, prep = marginal_step_time(m)
-        rows.append((name, len(m.assets.vocab), 1 / t_tok, t_tok * 1e3, passes, refed, step * 1e3, prep * 1e3, prefill_extra))
+        rows.append(dict(name=name, vocab=len(m.assets.vocab), t_tok=t_tok, t_first=t_first, passes=passes,
+                         refed=refed, step=step, prep=prep))
 
-    prefill_total = sum(r[8] for r in rows)
-    r_ratio = st.wall_time_s / floor
-    r_no_prefill = (st.wall_time_s - prefill_total) / floor_no_prefill
+    r_sum = st.wall_time_s / sum(r["t_first"] + (r["passes"] - 1) * r["t_tok"] for r in rows)
+    r_max = st.wall_time_s / (max(r["t_first"] for r in rows) + (st.rounds - 1) * max(r["t_tok"] for r in rows))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"\nensemble (0.5/0.5, greedy, {st.chars} chars, {st.rounds} rounds): "
+    print(f"\nensemble (chared, 0.5/0.5, greedy, {st.chars} chars, {st.rounds} rounds): "
           f"{st.chars_per_s:.1f} chars/s, wall {st.wall_time_s:.2f} s, finish={result.finish_reason}")
-    print("\n| member | vocab rows | alone tok/s | t_k ms/token | ensemble passes | fed/output tokens | marginal step ms | round prep ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rows_n, tps, t_ms, passes, refed, step_ms, prep_ms, _ in rows:
-        print(f"| {name} | {rows_n:,} | {tps:.1f} | {t_ms:.1f} | {passes} | {refed:.2f} | {step_ms:.3f} | {prep_ms:.2f} |")
-    print(f"\nR = wall / sum(passes x t_k) = {r_ratio:.2f}   (target <= 1.2)")
-    print(f"R without the prompt prefill pass = {r_no_prefill:.2f}")
-    print(f"peak RSS = {rss_mb:,.0f} MB   threads={torch.get_num_threads()}")
+    print("\n| member | vocab rows | alone tok/s | t_k ms/token | prefill ms | ensemble passes | fed/output tokens "
+          "| marginal step ms | round prep ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['vocab']:,} | {1 / r['t_tok']:.1f} | {r['t_tok'] * 1e3:.1f} | "
+              f"{r['t_first'] * 1e3:.0f} | {r['passes']} | {r['refed']:.2f} | {r['step'] * 1e3:.3f} | "
+              f"{r['prep'] * 1e3:.2f} |")
+    print(f"\nR_max = wall / (slowest prefill + rounds x slowest t_k) = {r_max:.2f}   (target <= 1.3)")
+    print(f"R_sum = wall / sum over members (prefill + passes x t_k) = {r_sum:.2f}")
+    print(f"peak RSS = {rss_mb:,.0f} MB   threads={torch.get_num_threads()}   "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"\noutput: {result.text!r}")
 
 

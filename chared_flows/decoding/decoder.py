@@ -17,7 +17,6 @@ chain rule), or whole characters from the nucleus when top_p < 1.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,8 @@ from chared_flows.decoding.healing import drop_forced, heal_prompt
 from chared_flows.decoding.index import END, EOS
 from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound, MemberRound
+from chared_flows.decoding.scheduler import Client
+from chared_flows.decoding.scheduler import bound as bound_client
 from chared_flows.decoding.scheduler import gather
 from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
 from chared_flows.decoding.search import SearchStats, Unit, best_unit, sample_unit, walk
@@ -236,7 +237,10 @@ def run_concurrently(runs: list["_Decoding"], workers: int, stream: bool) -> Ite
         finally:
             events.put((index, done))
 
-    with ThreadPoolExecutor(max_workers=min(workers, max(1, len(runs))), thread_name_prefix="chared-decode") as pool:
+    workers = min(workers, max(1, len(runs)))
+    for run in runs[:workers]:
+        run.client.register()  # before any starts: a scheduler must not run a batch of the first few alone
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chared-decode") as pool:
         for index, run in enumerate(runs):
             pool.submit(work, index, run)
         finished, failure = 0, None
@@ -300,6 +304,7 @@ class _Decoding:
         self.finish: str | None = None
         self.stats = GenerationStats(healed_bytes=len(self.forced))
         self.search = SearchStats()
+        self.client = Client(s.scheduler for s in self.sessions if s is not None)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._started = time.perf_counter()
 
@@ -310,9 +315,7 @@ class _Decoding:
         wait for its passes before running a batch (scheduler.py).
         """
         step = self._exact_step if self.ens.mode == "exact" else self._round
-        with contextlib.ExitStack() as clients:
-            for scheduler in {id(s.scheduler): s.scheduler for s in self.sessions if s is not None}.values():
-                clients.enter_context(scheduler.client())
+        with bound_client(self.client):
             while self.finish is None:
                 yield from step()
         self.stats.wall_time_s = time.perf_counter() - self._started

@@ -11,10 +11,14 @@ decoding logic itself:
   `batch`, an exact-mode beam's paths owed at one byte) leave the queue together as
   one `backend.next_logits_batch` call: one batched forward.
 
-When to run what is queued: as soon as every registered decoding is waiting for a
-pass (nobody else can add to the batch), when the queue holds `max_batch` passes, or
-`linger_s` after the first pass arrived (a decoding busy elsewhere, e.g. in a long
-search, delays the others by at most that). A lone decoding never waits.
+When to run what is queued: as soon as every decoding that uses this backend is
+blocked waiting for passes that are all still queued (nobody can add to any batch
+before something runs, and nobody is about to be woken by a batch already running),
+when the queue holds `max_batch` passes, or `linger_s` after the first pass arrived
+(a decoding busy elsewhere, e.g. in a long search, delays the others by at most
+that). A lone decoding never waits. Subtle: a decoding blocked on a pass that
+another member's worker is *running* counts as about to submit: running without it
+would split the batch and leave the decodings half a step apart from then on.
 """
 
 from __future__ import annotations
@@ -27,8 +31,45 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 DEFAULT_MAX_BATCH = 16
-DEFAULT_LINGER_S = 0.004
+DEFAULT_LINGER_S = 1.0  # a safety net only: decodings normally block (or submit) well before
 IDLE_EXIT_S = 2.0  # a worker with nothing to do for this long ends; the next pass starts a new one
+
+
+class Client:
+    """One decoding (one thread) that submits passes; `blocked` while it waits in `gather`."""
+
+    def __init__(self, schedulers: Iterable["PassScheduler"] = ()) -> None:
+        self.blocked = False
+        self.running = 0  # its passes inside a batch being run right now
+        self.schedulers: list[PassScheduler] = list({id(s): s for s in schedulers}.values())
+        self.registered = False
+        self._lock = threading.Lock()  # subtle: two members' workers update `running` at once
+
+    def count_running(self, delta: int) -> None:
+        with self._lock:
+            self.running += delta
+
+    @property
+    def idle(self) -> bool:
+        """Blocked, and not about to be woken by a running batch."""
+        return self.blocked and self.running == 0
+
+    def poke(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler._blocked_changed()
+
+    def register(self) -> None:
+        """From now on the schedulers wait for this decoding (register a batch's decodings together)."""
+        if not self.registered:
+            self.registered = True
+            for scheduler in self.schedulers:
+                scheduler._register(self)
+
+    def unregister(self) -> None:
+        if self.registered:
+            self.registered = False
+            for scheduler in self.schedulers:
+                scheduler._unregister(self)
 
 
 @dataclass
@@ -37,6 +78,23 @@ class _Request:
     ids: list[int]
     finish: Callable[[Any], Any]  # turns the logits into the result (runs on the worker)
     future: Future
+    owner: Client | None = None
+
+
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def bound(me: Client) -> Iterator[Client]:
+    """Run the calling thread's passes as `me` (registered for the duration, if it was not yet)."""
+    previous = getattr(_current, "client", None)
+    _current.client = me
+    me.register()
+    try:
+        yield me
+    finally:
+        _current.client = previous
+        me.unregister()
 
 
 class PassScheduler:
@@ -49,46 +107,35 @@ class PassScheduler:
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._first_arrival = 0.0
-        self._clients = 0
-        self._waiting = 0
+        self._clients: set[Client] = set()
         self._worker: threading.Thread | None = None
         self.batches = 0  # batched calls made (for stats and benchmarks)
         self.passes = 0
 
     # --- clients ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def client(self) -> Iterator[None]:
-        """A decoding that will submit passes; while registered, the worker waits for it."""
+    def _register(self, me: Client) -> None:
         with self._cond:
-            self._clients += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._clients -= 1
-                self._cond.notify_all()
+            self._clients.add(me)
+
+    def _unregister(self, me: Client) -> None:
+        with self._cond:
+            self._clients.discard(me)
+            self._cond.notify_all()
+
+    def _blocked_changed(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def submit(self, runner: Any, ids: Sequence[int], finish: Callable[[Any], Any]) -> Future:
         future: Future = Future()
         with self._cond:
             if not self._queue:
                 self._first_arrival = time.monotonic()
-            self._queue.append(_Request(runner, list(ids), finish, future))
+            self._queue.append(_Request(runner, list(ids), finish, future, getattr(_current, "client", None)))
             self._ensure_worker()
             self._cond.notify_all()
         return future
-
-    @contextlib.contextmanager
-    def _waiting_client(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            self._cond.notify_all()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._waiting -= 1
 
     # --- the worker -----------------------------------------------------------------
 
@@ -100,8 +147,9 @@ class PassScheduler:
     def _ready(self) -> bool:
         if not self._queue:
             return False
+        queued = {r.owner for r in self._queue}  # these are in the batch already, whatever else they wait for
         return (
-            self._waiting >= self._clients
+            all(c.idle or c in queued for c in self._clients)
             or len(self._queue) >= self.max_batch
             or time.monotonic() - self._first_arrival >= self.linger_s
         )
@@ -122,28 +170,46 @@ class PassScheduler:
             self._run(batch)
 
     def _run(self, batch: list[_Request]) -> None:
+        owners = [r.owner for r in batch if r.owner is not None]
+        for owner in owners:
+            owner.count_running(+1)
         try:
             logits = self.backend.next_logits_batch([r.runner for r in batch], [r.ids for r in batch])
         except BaseException as exc:  # noqa: BLE001 - every waiting decoding must hear of it
-            for request in batch:
-                request.future.set_exception(exc)
-            return
-        self.batches += 1
-        self.passes += len(batch)
-        for request, row in zip(batch, logits):
+            logits, failure = None, exc
+        else:
+            failure = None
+            self.batches += 1
+            self.passes += len(batch)
+        for index, request in enumerate(batch):
+            if request.owner is not None:
+                # Subtle: it counts as awake from now on, before its thread really runs again;
+                # a blocked flag left set until then would make it look idle, and another
+                # scheduler would run a batch without the pass it is about to submit.
+                request.owner.blocked = False
             try:
-                request.future.set_result(request.finish(row))
+                if failure is not None:
+                    raise failure
+                request.future.set_result(request.finish(logits[index]))
             except BaseException as exc:  # noqa: BLE001
                 request.future.set_exception(exc)
+        for owner in owners:
+            owner.count_running(-1)
+            owner.poke()  # another member's scheduler may have been waiting on this batch
 
 
 def gather(futures: Iterable[tuple[PassScheduler, Future]]) -> list[Any]:
-    """Wait for passes submitted to one or more schedulers; marks the caller as waiting on each."""
+    """Wait for passes submitted to one or more schedulers (the caller counts as blocked meanwhile)."""
     pairs = list(futures)
-    with contextlib.ExitStack() as stack:
-        for scheduler in {id(s): s for s, _ in pairs}.values():
-            stack.enter_context(scheduler._waiting_client())
+    me: Client | None = getattr(_current, "client", None)
+    if me is None:
         return [future.result() for _, future in pairs]
+    me.blocked = True
+    me.poke()
+    try:
+        return [future.result() for _, future in pairs]
+    finally:
+        me.blocked = False
 
 
 _LOCK = threading.Lock()
