@@ -50,3 +50,7 @@ class MissingExtraError(CharedError, ImportError):
         )
         self.module = module
         self.extra = extra
+
+
+class BackendError(CharedError):
+    """A member's backend (an inference server, a native library) failed; the message says what to start or fix."""

@@ -59,7 +59,11 @@ EMBEDDED: dict[str, Callable[[Path], Path]] = {"smollm2": _smollm2_gguf, "gemma3
 
 
 def load_assets(spec: str, *, cache_dir: str | os.PathLike | None = None, dtype: str = "float32") -> MemberAssets:
-    """Load (once per process) the model and tokenizer a spec names, with its byte index."""
+    """Load (once per process) the model and tokenizer a spec names, with its byte index.
+
+    A spec prefixed `llama_cpp:` or `served:` picks that backend (backends/specs.py);
+    `dtype` applies to the transformers backend only.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"model spec {spec!r} is empty; use an alias ({', '.join(EMBEDDED)}), a directory, a .gguf file or a hub id")
     if dtype not in _DTYPES:
@@ -68,8 +72,13 @@ def load_assets(spec: str, *, cache_dir: str | os.PathLike | None = None, dtype:
     key = (spec, dtype, str(root))
     with _LOCK:
         if key not in _LOADED:
-            model, tokenizer, source = _load(spec, root, dtype)
-            _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
+            from chared_flows.decoding.backends.specs import load_backend_assets, names_a_backend
+
+            if names_a_backend(spec):  # llama_cpp:SPEC, served:URL?tokenizer=SPEC (backends/specs.py)
+                _LOADED[key] = load_backend_assets(spec, root)
+            else:
+                model, tokenizer, source = _load(spec, root, dtype)
+                _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
         return _LOADED[key]
 
 
@@ -90,7 +99,8 @@ def _load(spec: str, root: Path, dtype: str) -> tuple[Any, Any, str]:
         return (*_load_dir(spec, dtype), f"hub:{spec}")
     raise ModelLoadError(
         f"unknown model spec {spec!r}: not an embedded alias ({', '.join(EMBEDDED)}), "
-        "an existing directory, a .gguf file, or a hub id like 'org/name'"
+        "an existing directory, a .gguf file, or a hub id like 'org/name' "
+        "(or a backend: llama_cpp:SPEC, served:URL?tokenizer=SPEC)"
     )
 
 
