@@ -4,23 +4,25 @@
 
 A served member sees only the top-k next tokens (with their full-softmax
 log-probs). This measures, exactly and without a server, what that does to a
-SmolLM2 + Gemma-3 ensemble (0.5/0.5 mixture): both members are the embedded
-transformers models seen through `TopKBackend` (backends/topk.py), and the
-ensemble's next-byte distribution is walked along each text of
-benchmarks/texts/ (the first --chars characters), teacher-forced, as exact
-mode's scoring does (every tokenization summed; scoring.score_exact). At each
-byte we compare the truncated ensemble's distribution q with the full one p:
+SmolLM2 + Gemma-3 ensemble (0.5/0.5 mixture): both embedded models run by
+transformers, seen through `TopKBackend` (backends/topk.py) with the missing
+mass dropped ("drop": renormalise over the k, the served member's default) or
+spread over the other tokens ("spread"). Along each text of benchmarks/texts/
+(its first --chars characters), teacher-forced:
 
-- TV = 1/2 sum |p - q| (mean and max over steps);
-- KL(p || q) in bits (mean over steps where it is finite, and the number of
-  steps where q gives 0 to a byte p allows: KL = inf there);
-- bits per character of the text under q (inf if some byte got 0), against
-  the full distribution's;
-- whether greedy CharED generation (chared mode, 80 chars) gives the same text.
-
-Both treatments of the missing mass are measured: "drop" (renormalise over the
-k tokens: the served member's default) and "spread" (missing mass spread over
-the other tokens).
+1. The ensemble's next-character distribution at every byte, as exact mode
+   defines it (each member sums over every tokenization of the text so far,
+   scoring.score_exact): q with top-k members, p with full ones. TV = 1/2
+   sum|p - q| (mean, max over steps), the mass p puts where q has none (mean;
+   KL(p || q) is infinite whenever that is > 0, so we report this instead),
+   and the bytes of the text that q gives 0. A member whose beam meets such a
+   byte loses all its paths and is out for the rest of the text; when both
+   are out, every later step counts as TV 1 and as a byte with q = 0.
+2. Bits per character of the texts: exact mode (step 1's byte log-probs) and
+   chared mode (Ensemble.score: the procedure's own probability of the text,
+   summed over round boundaries); inf when some byte got probability 0.
+3. Greedy CharED generation (chared mode, 80 chars after a fixed prompt):
+   the same text as with full distributions?
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def truncated(member: Member, k: int | None, rest: str) -> Member:
 
 
 def walk(ens: Ensemble, text: str) -> tuple[list[np.ndarray | None], list[float]]:
-    """The ensemble's next-byte distribution before each byte of text, and each byte's log-prob (score_exact)."""
+    """Exact mode's next-byte distribution before each byte of text, and each byte's log-prob (as score_exact)."""
     sessions = [m.open_session("") for m in ens.members]
     beams = [ExactBeam(s, ens.beam_width, ens.prune_threshold) for s in sessions]
     data = text.encode("utf-8")
@@ -70,19 +72,20 @@ def walk(ens: Ensemble, text: str) -> tuple[list[np.ndarray | None], list[float]
 
 
 def compare(full: list[np.ndarray], trunc: list[np.ndarray | None]) -> tuple[list[float], list[float]]:
-    tvs, kls = [], []
+    """Per step: TV(p, q) and the mass p puts where q has none (a dead ensemble: 1 and 1)."""
+    tvs, outside = [], []
     for p, q in zip(full, trunc):
         if q is None:
             tvs.append(1.0)
-            kls.append(math.inf)
+            outside.append(1.0)
             continue
         tvs.append(0.5 * float(np.abs(p - q).sum()))
-        support = p > 0
-        if np.any(q[support] == 0):
-            kls.append(math.inf)
-        else:
-            kls.append(float((p[support] * np.log2(p[support] / q[support])).sum()))
-    return tvs, kls
+        outside.append(float(p[q == 0].sum()))
+    return tvs, outside
+
+
+def bits_per_char(total_bits: float, n_chars: int) -> float:
+    return math.inf if not math.isfinite(total_bits) else total_bits / n_chars  # nan: a byte had probability 0
 
 
 def main() -> None:
@@ -96,36 +99,41 @@ def main() -> None:
     start = time.perf_counter()
     members = [Member.load("smollm2"), Member.load("gemma3-270m")]
     texts = {p.stem: p.read_text()[: args.chars] for p in sorted(TEXTS.glob("*.txt"))}
-    print(f"# top-k benchmark: SmolLM2-135M + Gemma-3-270M (transformers, fp32), mixture 0.5/0.5, exact-mode walk; "
+    print(f"# top-k benchmark: SmolLM2-135M + Gemma-3-270M (transformers, fp32), mixture 0.5/0.5; "
           f"texts {', '.join(texts)} ({args.chars} chars each); threads={torch.get_num_threads()}")
 
-    def ensemble(k, rest, mode="exact"):
+    def ensemble(k, rest, mode="chared"):
         return Ensemble([truncated(m, k, rest) for m in members], weights=[0.5, 0.5], mode=mode)
 
-    full = {name: walk(ensemble(None, "drop"), text) for name, text in texts.items()}
+    ks = [int(x) for x in args.ks.split(",")]
+    configs = [(None, "drop")] + [(k, rest) for k in ks for rest in ("drop", "spread")]
     n_chars = sum(len(t) for t in texts.values())
-    full_bits = -sum(sum(lp) for _, lp in full.values()) / math.log(2)
-    full_text = ensemble(None, "drop", "chared").generate(PROMPT, max_new_chars=args.gen_chars).text
-    print(f"full distribution: {full_bits / n_chars:.4f} bits/char over {n_chars} chars "
-          f"(load + walk {time.perf_counter() - start:.0f} s)\n")
-    print("| k | missing mass | mean TV | max TV | mean KL bits (finite steps) | steps KL=inf | bits/char | Δ bits/char | greedy text same |")
+    walks, bpc, score_bpc, same = {}, {}, {}, {}
+    full_text = ensemble(None, "drop").generate(PROMPT, max_new_chars=args.gen_chars).text
+    for c in configs:
+        walks[c] = {name: walk(ensemble(*c, mode="exact"), text) for name, text in texts.items()}
+        bpc[c] = bits_per_char(-sum(sum(lp) for _, lp in walks[c].values()) / math.log(2), n_chars)
+        score_bpc[c] = bits_per_char(sum(ensemble(*c).score("", t).total_bits for t in texts.values()), n_chars)
+        same[c] = ensemble(*c).generate(PROMPT, max_new_chars=args.gen_chars).text == full_text
+        print(f"# {c}: done at {time.perf_counter() - start:.0f} s", flush=True)
+    full = configs[0]
+    print(f"\nfull distributions: {bpc[full]:.4f} bits/char (exact), {score_bpc[full]:.4f} bits/char "
+          f"(chared, Ensemble.score); {n_chars} chars\n")
+    print("| k | missing mass | mean TV | max TV | mean p-mass outside q | text bytes with q=0 "
+          "| bits/char exact (Δ) | bits/char chared (Δ) | greedy text same |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
-    for k in [int(x) for x in args.ks.split(",")]:
-        for rest in ("drop", "spread"):
-            tvs, kls, bits = [], [], 0.0
-            for name, text in texts.items():
-                dists, logprobs = walk(ensemble(k, rest), text)
-                t, kl = compare(full[name][0], dists)
-                tvs += t
-                kls += kl
-                bits += -sum(logprobs) / math.log(2)
-            finite = [x for x in kls if math.isfinite(x)]
-            same = ensemble(k, rest, "chared").generate(PROMPT, max_new_chars=args.gen_chars).text == full_text
-            bpc = bits / n_chars
-            print(f"| {k} | {rest} | {np.mean(tvs):.4f} | {max(tvs):.4f} | {np.mean(finite) if finite else math.nan:.5f} "
-                  f"| {len(kls) - len(finite)}/{len(kls)} | {bpc:.4f} | {bpc - full_bits / n_chars:+.4f} | "
-                  f"{'yes' if same else 'no'} |", flush=True)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s; greedy reference text: {full_text!r}")
+    for c in configs[1:]:
+        tvs, outs, zeros = [], [], 0
+        for name in texts:
+            t, out = compare(walks[full][name][0], walks[c][name][0])
+            tvs += t
+            outs += out
+            zeros += sum(1 for lp in walks[c][name][1] if lp == -math.inf)
+        print(f"| {c[0]} | {c[1]} | {np.mean(tvs):.4f} | {max(tvs):.4f} | {np.mean(outs):.4f} "
+              f"| {zeros}/{len(tvs)} | {bpc[c]:.4f} ({bpc[c] - bpc[full]:+.4f}) "
+              f"| {score_bpc[c]:.4f} ({score_bpc[c] - score_bpc[full]:+.4f}) | {'yes' if same[c] else 'no'} |")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; threads={torch.get_num_threads()}; "
+          f"greedy reference text: {full_text!r}")
 
 
 if __name__ == "__main__":
