@@ -9,6 +9,12 @@ the two (A B A B ...) so that load on the machine hits both alike; we report
 the best chars/s of each and their ratio, with the thread count (torch and
 llama.cpp use the same number) and the load average before and after. Also:
 whether the greedy texts are equal, and the per-member forward passes.
+
+First, how close the two backends' logits are on the same GGUF file
+(llama.cpp: quantised weights, transformers: their fp32 dequantisation): at
+every position of the texts in benchmarks/texts/ (first --agree-chars chars,
+fed token by token, as decoding does), max |logit difference|, top-1
+agreement and KL(transformers || llama.cpp) in nats.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,22 +34,45 @@ PROMPT = (
 )
 
 
+def agreement(members: dict[str, list[Member]], chars: int) -> None:
+    texts = [p.read_text()[:chars] for p in sorted((Path(__file__).resolve().parent / "texts").glob("*.txt"))]
+    print(f"\n| model | positions | max abs logit diff | top-1 agreement | mean KL nats | max KL nats |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for hf, llama in zip(members["transformers"], members["llama.cpp"]):
+        diffs, same, kls = [], [], []
+        for text in texts:
+            ids = hf.encode(text)
+            a, b = hf.assets.backend.new_runner(), llama.assets.backend.new_runner()
+            for end in range(1, len(ids) + 1):
+                la, lb = a.next_logits(ids[:end]).double(), b.next_logits(ids[:end]).double()
+                pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
+                diffs.append(float((la - lb).abs().max()))
+                same.append(int(la.argmax()) == int(lb.argmax()))
+                kls.append(float((pa.exp() * (pa - pb)).sum()))
+        print(f"| {hf.name} | {len(kls)} | {max(diffs):.3f} | {sum(same) / len(same):.3f} | "
+              f"{sum(kls) / len(kls):.4f} | {max(kls):.4f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chars", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mode", default="chared", choices=["chared", "exact"])
+    parser.add_argument("--agree-chars", type=int, default=300, help="characters of each text for the logits check")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    ensembles = {}
+    ensembles, loaded = {}, {}
     for kind, prefix in (("transformers", ""), ("llama.cpp", "llama_cpp:")):
         start = time.perf_counter()
         members = [Member.load(prefix + "smollm2"), Member.load(prefix + "gemma3-270m")]
+        loaded[kind] = members
         ensembles[kind] = Ensemble(members, weights=[0.5, 0.5], mode=args.mode)
         ensembles[kind].generate(PROMPT, max_new_chars=5)  # warm-up
         print(f"# {kind}: loaded in {time.perf_counter() - start:.1f} s")
+    if args.agree_chars:
+        agreement(loaded, args.agree_chars)
     best: dict[str, float] = {}
     results = {}
     for _ in range(args.repeats):

@@ -81,7 +81,11 @@ class Member:
 
     @classmethod
     def load(cls, spec: str, *, chat: bool = False, cache_dir: str | None = None, dtype: str = "float32") -> "Member":
-        """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process)."""
+        """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process).
+
+        Prefix `llama_cpp:` (llama.cpp in process) or write `served:URL?tokenizer=SPEC` (an
+        inference server) for the other backends: see decoding/backends/specs.py.
+        """
         from chared_flows.decoding.models import load_assets
 
         return cls(load_assets(spec, cache_dir=cache_dir, dtype=dtype), chat=chat)
