@@ -29,12 +29,14 @@ Traps handled here:
 - A unified cache of n cells holds all sequences' distinct positions. If
   branches fill it, decode reports "no KV slot": we drop the snapshot
   sequences (their snapshots fall back to re-feeding) and retry once.
-- llama.cpp prints to stderr by default; llama-cpp-python's logger is set to
-  errors only.
+- llama.cpp prints to stderr by default; only its errors get through (see
+  `_init_backend`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -67,11 +69,29 @@ _BACKEND_INIT = threading.Lock()
 _backend_ready = False
 
 
+_GGML_LOG_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+_log_callback: Any = None  # the ctypes callback must stay referenced while llama.cpp may call it
+
+
 def _init_backend(lib: Any) -> None:
-    global _backend_ready
+    """Initialise llama.cpp once; let only its errors through to stderr.
+
+    Subtle: llama-cpp-python's log filter maps ggml's levels with an older enum
+    (it takes WARN=3 for ERROR), so warnings got through (each Gemma context
+    printed "using full-size SWA cache"); we install our own filter.
+    """
+    global _backend_ready, _log_callback
     with _BACKEND_INIT:
         if not _backend_ready:
             lib.llama_backend_init()
+
+            @lib.llama_log_callback
+            def errors_only(level: int, text: bytes, user_data: Any) -> None:
+                if level == _GGML_LOG_ERROR:
+                    sys.stderr.write(text.decode("utf-8", "replace"))
+
+            _log_callback = errors_only
+            lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
             _backend_ready = True
 
 
@@ -299,8 +319,6 @@ class LlamaCppBackend:
         return int(eos) if eos >= 0 else None
 
     def metadata(self, key: str) -> str | None:
-        import ctypes
-
         buf = ctypes.create_string_buffer(256)
         n = self.lib.llama_model_meta_val_str(self.model.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace") if n >= 0 else None

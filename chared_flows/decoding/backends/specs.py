@@ -5,8 +5,13 @@ LangChain configs take these members without new options:
 
     llama_cpp:smollm2                      embedded alias, its GGUF file run by llama.cpp
     llama_cpp:/models/qwen2.5-0.5b.gguf   any GGUF file
+    llama_cpp:gemma3-270m?n_ctx=8192&threads=2
     served:http://127.0.0.1:8080?tokenizer=smollm2
     served:http://127.0.0.1:8000?api=openai&tokenizer=Qwen/Qwen2.5-7B&top_k=20&model=qwen
+
+Options of `llama_cpp:` (all optional): `n_ctx` (context window, 4096, at most
+the model's), `threads` (torch's thread count), `snapshot_seqs` (spare KV
+sequences for exact mode's snapshots, 32).
 
 Query options of `served:` (all but `tokenizer` optional): `tokenizer` (the
 served model's tokenizer: an alias, a HF directory, a .gguf file or a hub id),
@@ -89,14 +94,35 @@ def load_tokenizer(spec: str, root: Path) -> Any:
     )
 
 
+_LLAMA_OPTIONS = ("n_ctx", "threads", "snapshot_seqs")
+
+
+def parse_llama_cpp(spec: str) -> tuple[str, dict[str, int]]:
+    """(alias or .gguf path, LlamaCppBackend options) of `llama_cpp:SPEC[?n_ctx=N&threads=N&snapshot_seqs=N]`."""
+    inner = spec[len("llama_cpp:"):] if spec.startswith("llama_cpp:") else spec
+    model, _, query = inner.partition("?")
+    if not model:
+        raise ConfigError(f"model spec {spec!r} names no model; write llama_cpp:smollm2 or llama_cpp:/path/model.gguf")
+    options: dict[str, int] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in _LLAMA_OPTIONS:
+            raise ConfigError(f"llama_cpp option {name!r} in {spec!r} is unknown; use: {', '.join(_LLAMA_OPTIONS)}")
+        try:
+            options[name] = int(value)
+            if options[name] < 1:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"llama_cpp option {name}={value!r} in {spec!r} is not a positive integer") from None
+    return model, options
+
+
 def _llama_cpp_assets(spec: str, inner: str, root: Path) -> MemberAssets:
     from chared_flows.decoding.backends.llamacpp import LlamaCppBackend, import_llama_cpp
 
     import_llama_cpp()  # the missing extra is the first thing to say
-    if not inner:
-        raise ConfigError(f"model spec {spec!r} names no model; write llama_cpp:smollm2 or llama_cpp:/path/model.gguf")
-    path = gguf_path(inner, root)
-    backend = LlamaCppBackend(path, source=f"{inner} ({path.name})" if inner != str(path) else str(path))
+    model, options = parse_llama_cpp(spec)
+    path = gguf_path(model, root)
+    backend = LlamaCppBackend(path, source=f"{model} ({path.name})" if model != str(path) else str(path), **options)
     tokenizer = tokenizer_from_gguf(path, root)
     eos = backend.eos_token_id()
     return MemberAssets.build(
