@@ -6,8 +6,8 @@ A served member sees only the top-k next tokens (with their full-softmax
 log-probs). This measures, exactly and without a server, what that does to a
 SmolLM2 + Gemma-3 ensemble (0.5/0.5 mixture): both embedded models run by
 transformers, seen through `TopKBackend` (backends/topk.py) with the missing
-mass dropped ("drop": renormalise over the k, the served member's default) or
-spread over the other tokens ("spread"). Along each text of benchmarks/texts/
+mass spread over the other tokens ("spread", the served member's default) or
+dropped ("drop": renormalise over the k). Along each text of benchmarks/texts/
 (its first --chars characters), teacher-forced:
 
 1. The ensemble's next-character distribution at every byte, as exact mode
@@ -41,7 +41,8 @@ from chared_flows.decoding.exact import ExactBeam
 from chared_flows.decoding.utf8 import split_complete
 
 TEXTS = Path(__file__).resolve().parent / "texts"
-PROMPT = "Question: A baker makes 24 muffins in the morning and 18 in the afternoon. He sells 30. How many are left?\nAnswer:"
+PROMPT = ("Question: A baker makes 24 muffins in the morning and 18 in the afternoon. He sells 30. "
+          "How many are left?\nAnswer: Let's think step by step.")
 
 
 def truncated(member: Member, k: int | None, rest: str) -> Member:
@@ -106,7 +107,7 @@ def main() -> None:
         return Ensemble([truncated(m, k, rest) for m in members], weights=[0.5, 0.5], mode=mode)
 
     ks = [int(x) for x in args.ks.split(",")]
-    configs = [(None, "drop")] + [(k, rest) for k in ks for rest in ("drop", "spread")]
+    configs = [(None, "drop")] + [(k, rest) for k in ks for rest in ("spread", "drop")]
     n_chars = sum(len(t) for t in texts.values())
     walks, bpc, score_bpc, same = {}, {}, {}, {}
     full_text = ensemble(None, "drop").generate(PROMPT, max_new_chars=args.gen_chars).text

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import torch
 
 from chared_flows.decoding.backend import TokenRunner
-from chared_flows.decoding.backends.topk import check_rest, check_top_k, topk_logits
+from chared_flows.decoding.backends.topk import DEFAULT_REST, check_rest, check_top_k, topk_logits
 from chared_flows.decoding.runner import common_prefix_len
 from chared_flows.errors import BackendError, ConfigError
 
@@ -75,7 +75,7 @@ class ServedBackend:
         num_rows: int,
         api: str = "llama_cpp",
         top_k: int = 100,
-        rest: str = "drop",
+        rest: str = DEFAULT_REST,
         model: str | None = None,
         timeout: float = 60.0,
         retries: int = 3,

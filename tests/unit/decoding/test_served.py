@@ -50,8 +50,8 @@ def topk_member(reference, k: int, name: str = "topk") -> Member:
 
 @pytest.mark.parametrize("api", ["openai", "llama_cpp"])
 def test_served_logits_equal_the_models_top_k(server, reference, api):
-    backend = ServedBackend(server, api=api, top_k=7, num_rows=ROWS)
-    runner, truth = backend.new_runner(), TopKBackend(reference, 7).new_runner()
+    backend = ServedBackend(server, api=api, top_k=7, num_rows=ROWS, rest="drop")
+    runner, truth = backend.new_runner(), TopKBackend(reference, 7, rest="drop").new_runner()
     for ids in IDS:
         got, want = runner.next_logits(ids), truth.next_logits(ids)
         assert torch.isfinite(got).sum() == 7
@@ -103,7 +103,8 @@ def test_batch_runs_requests_concurrently_in_order_and_bounded(server, reference
 
 def test_server_down_is_one_clear_line_and_changes_nothing(tmp_path, reference):
     port = free_port()  # nothing listens there
-    backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=5, num_rows=ROWS, retries=1, backoff=0.01)
+    backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=5, num_rows=ROWS, retries=1, backoff=0.01,
+                            rest="drop")
     runner = backend.new_runner()
     with pytest.raises(BackendError) as err:
         runner.next_logits([5, 17])
@@ -119,7 +120,7 @@ def test_slow_server_times_out_then_the_retry_succeeds(tmp_path):
     port = free_port()
     with standin(port, tmp_path / "log", "--seed", str(SEED), "--delay-first", "3"):
         backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=5, num_rows=ROWS,
-                                timeout=1.0, retries=2, backoff=0.01)
+                                timeout=1.0, retries=2, backoff=0.01, rest="drop")
         assert torch.isfinite(backend.new_runner().next_logits([5, 17])).sum() == 5
         strict = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=5, num_rows=ROWS,
                                timeout=1.0, retries=0)
@@ -137,7 +138,8 @@ def test_slow_server_without_retries_names_the_timeout(tmp_path):
 def test_503_while_loading_is_retried(tmp_path):
     port = free_port()
     with standin(port, tmp_path / "log", "--seed", str(SEED), "--fail-first", "2"):
-        backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=5, num_rows=ROWS, retries=2, backoff=0.01)
+        backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=5, num_rows=ROWS, retries=2, backoff=0.01,
+                                rest="drop")
         assert torch.isfinite(backend.new_runner().next_logits([5, 17])).sum() == 5
     with standin(port, tmp_path / "log", "--seed", str(SEED), "--fail-first", "5"):
         backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=5, num_rows=ROWS, retries=1, backoff=0.01)
@@ -187,7 +189,7 @@ def test_spec_loads_a_served_member(server, tmp_path):
     member = Member.load(f"served:{server}?api=openai&tokenizer={tmp_path / 'tok'}&top_k=5&timeout=10",
                          cache_dir=str(tmp_path / "cache"))
     assert member.assets.backend.identity() == {
-        "kind": "served", "api": "openai", "url": server, "model": "", "top_k": 5, "rest": "drop"}
+        "kind": "served", "api": "openai", "url": server, "model": "", "top_k": 5, "rest": "spread"}
     assert Ensemble([member]).generate("Tom has", max_new_chars=4).text
 
 

@@ -13,7 +13,7 @@ from tests.fixtures.tiny import tiny_model
 
 def test_drop_keeps_the_top_k_full_softmax_log_probs_and_renormalises_over_them():
     logits = torch.tensor([2.0, 1.0, 0.5, -1.0, 3.0, 0.0])
-    out = truncate(logits, 3)
+    out = truncate(logits, 3, rest="drop")
     full = torch.log_softmax(logits.double(), -1).float()
     assert torch.isfinite(out).tolist() == [True, True, False, False, True, False]
     torch.testing.assert_close(out[torch.isfinite(out)], full[[0, 1, 4]])
@@ -37,12 +37,13 @@ def test_k_at_least_the_rows_is_the_full_distribution():
 
 def test_out_of_range_ids_name_the_likely_cause():
     with pytest.raises(ValueError, match="token id 9 is outside the member's 5 output rows; is the tokenizer the server's"):
-        topk_logits([1, 9], [-0.1, -2.0], 5)
-    assert topk_logits([], [], 3).tolist() == [-math.inf] * 3
+        topk_logits([1, 9], [-0.1, -2.0], 5, rest="drop")
+    assert topk_logits([], [], 3, rest="drop").tolist() == [-math.inf] * 3
+    assert topk_logits([], [], 4).tolist() == pytest.approx([math.log(0.25)] * 4)  # spread: all mass missing
 
 
 def test_backend_wraps_runners_counters_and_snapshots():
-    backend = TopKBackend(TransformersBackend(tiny_model(60, seed=1)), 4)
+    backend = TopKBackend(TransformersBackend(tiny_model(60, seed=1)), 4, rest="drop")
     runner = backend.new_runner()
     a = runner.next_logits([1, 2, 3])
     snap = runner.snapshot()
