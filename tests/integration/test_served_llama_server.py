@@ -71,13 +71,14 @@ def served(url: str, local: Member, **kwargs) -> Member:
     return Member(MemberAssets.build("served-smollm2", a.tokenizer, backend, num_rows=len(a.vocab), source=url))
 
 
-def topk_local(local: Member) -> Member:
+def topk_local(local: Member, **kwargs) -> Member:
     a = local.assets
-    return Member(MemberAssets.build("topk-smollm2", a.tokenizer, TopKBackend(a.backend, K), num_rows=len(a.vocab)))
+    backend = TopKBackend(a.backend, K, **kwargs)
+    return Member(MemberAssets.build("topk-smollm2", a.tokenizer, backend, num_rows=len(a.vocab)))
 
 
 def test_served_top_k_equals_the_in_process_models(url, local):
-    member, reference = served(url, local), topk_local(local)
+    member, reference = served(url, local, rest="drop"), topk_local(local, rest="drop")  # compare what was sent
     ids = member.encode(PROMPT + " He has 8 apples.")
     runner, truth = member.assets.backend.new_runner(), reference.assets.backend.new_runner()
     for end in range(5, len(ids) + 1, 4):
