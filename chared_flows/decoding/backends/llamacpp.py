@@ -48,7 +48,7 @@ import torch
 
 from chared_flows.decoding.backend import TokenRunner, loop_batch
 from chared_flows.decoding.runner import common_prefix_len
-from chared_flows.errors import ContextWindowError, MissingExtraError, ModelLoadError
+from chared_flows.errors import BackendError, ContextWindowError, MissingExtraError, ModelLoadError
 
 DEFAULT_CONTEXT = 4096
 DEFAULT_SNAPSHOT_SEQS = 32
@@ -227,7 +227,10 @@ class LlamaCppRunner:
             code = ctx.decode(ids[keep:], keep)
         if code != 0:
             ctx.remove(0, keep)
-            raise RuntimeError(f"llama_decode returned {code} for {len(ids) - keep} tokens at position {keep}")
+            raise BackendError(
+                f"llama.cpp could not decode {len(ids) - keep} tokens at position {keep} (llama_decode returned "
+                f"{code}) for {self.backend.source}; if memory is short, load it with a smaller n_ctx"
+            )
         self._ids = ids
         self._logits = ctx.last_logits()
         self.forward_passes += 1
