@@ -64,14 +64,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     ensembles, loaded = {}, {}
-    for kind, prefix in (("transformers", ""), ("llama.cpp", "llama_cpp:")):
+    kinds = [("transformers", "", ""), ("llama.cpp", "llama_cpp:", "")]
+    if args.mode == "exact":  # snapshots as sequence copies (above) vs re-feeding the tokens after the common prefix
+        kinds.append(("llama.cpp re-feed", "llama_cpp:", "?snapshot_seqs=0"))
+    for kind, prefix, options in kinds:
         start = time.perf_counter()
-        members = [Member.load(prefix + "smollm2"), Member.load(prefix + "gemma3-270m")]
+        members = [Member.load(prefix + "smollm2" + options), Member.load(prefix + "gemma3-270m" + options)]
         loaded[kind] = members
         ensembles[kind] = Ensemble(members, weights=[0.5, 0.5], mode=args.mode)
         ensembles[kind].generate(PROMPT, max_new_chars=5)  # warm-up
         print(f"# {kind}: loaded in {time.perf_counter() - start:.1f} s")
-    if args.agree_chars:
+    if args.agree_chars and args.mode == "chared":
         agreement(loaded, args.agree_chars)
     best: dict[str, float] = {}
     results = {}

@@ -129,7 +129,7 @@ def test_llama_cpp_spec_options(tmp_path):
     assert (backend.n_ctx, backend.threads, backend.snapshot_seqs, member.assets.context_window) == (512, 1, 3, 512)
     with pytest.raises(ConfigError, match="llama_cpp option 'ctx' .* is unknown; use: n_ctx, threads, snapshot_seqs"):
         Member.load("llama_cpp:smollm2?ctx=512")
-    with pytest.raises(ConfigError, match="llama_cpp option n_ctx='0' .* is not a positive integer"):
+    with pytest.raises(ConfigError, match="llama_cpp option n_ctx='0' .* is not an integer >= 1"):
         Member.load("llama_cpp:smollm2?n_ctx=0")
 
 

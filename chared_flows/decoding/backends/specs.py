@@ -107,12 +107,13 @@ def parse_llama_cpp(spec: str) -> tuple[str, dict[str, int]]:
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in _LLAMA_OPTIONS:
             raise ConfigError(f"llama_cpp option {name!r} in {spec!r} is unknown; use: {', '.join(_LLAMA_OPTIONS)}")
+        low = 0 if name == "snapshot_seqs" else 1  # 0: every snapshot re-feeds (for measuring)
         try:
             options[name] = int(value)
-            if options[name] < 1:
+            if options[name] < low:
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"llama_cpp option {name}={value!r} in {spec!r} is not a positive integer") from None
+            raise ConfigError(f"llama_cpp option {name}={value!r} in {spec!r} is not an integer >= {low}") from None
     return model, options
 
 

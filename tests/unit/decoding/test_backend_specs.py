@@ -18,9 +18,10 @@ def test_missing_llama_cpp_names_the_extra(monkeypatch):
 def test_llama_cpp_spec_parsing():
     assert parse_llama_cpp("llama_cpp:/m/x.gguf?n_ctx=8192&threads=2") == ("/m/x.gguf", {"n_ctx": 8192, "threads": 2})
     assert parse_llama_cpp("llama_cpp:smollm2") == ("smollm2", {})
+    assert parse_llama_cpp("llama_cpp:smollm2?snapshot_seqs=0") == ("smollm2", {"snapshot_seqs": 0})
     with pytest.raises(ConfigError, match="names no model"):
         parse_llama_cpp("llama_cpp:?n_ctx=5")
-    with pytest.raises(ConfigError, match="threads='two' .* is not a positive integer"):
+    with pytest.raises(ConfigError, match="threads='two' .* is not an integer >= 1"):
         parse_llama_cpp("llama_cpp:smollm2?threads=two")
 
 
