@@ -15,8 +15,8 @@ sequences for exact mode's snapshots, 32).
 
 Query options of `served:` (all but `tokenizer` optional): `tokenizer` (the
 served model's tokenizer: an alias, a HF directory, a .gguf file or a hub id),
-`api` (llama_cpp | openai), `top_k` (100), `rest` (spread | drop: the
-missing mass, see topk.py), `model` (the server's model name, openai API),
+`api` (llama_cpp | openai), `top_k` (1000; vLLM allows 20 unless started with
+`--max-logprobs`), `rest` (spread | drop: the missing mass, see topk.py), `model` (the server's model name, openai API),
 `timeout` (seconds, 60), `retries` (3), `concurrency` (8).
 
 Tokenization is always the HF fast tokenizer's. For a GGUF file it is read
