@@ -203,3 +203,20 @@ def test_the_tokenizer_read_from_the_gguf_file_equals_the_converted_ones(alias):
     assert (len(direct), direct.eos_token_id, direct.bos_token_id) == (
         len(converted), converted.eos_token_id, converted.bos_token_id)
     assert ByteVocabulary.from_tokenizer(direct).tokens == ByteVocabulary.from_tokenizer(converted).tokens
+
+
+def test_batch_runs_runners_in_parallel_with_the_sequential_answers():
+    member = Member.load("llama_cpp:smollm2")
+    backend = member.assets.backend
+    ids = [member.encode(text) for text in TEXTS]
+    batched_runners = [backend.new_runner() for _ in ids]
+    for step in (len(min(ids, key=len)) - 3, None):  # a first batch, then one that extends each sequence
+        seqs = [seq[:step] for seq in ids]
+        batched = backend.next_logits_batch(batched_runners, seqs)
+        for seq, got in zip(seqs, batched):
+            sequential = backend.new_runner()
+            if step is None:
+                sequential.next_logits(seq[: len(min(ids, key=len)) - 3])  # the same feeding schedule
+            assert torch.equal(got, sequential.next_logits(seq))
+    with pytest.raises(ValueError, match="2 runners for 1 id sequences"):
+        backend.next_logits_batch(batched_runners[:2], ids[:1])

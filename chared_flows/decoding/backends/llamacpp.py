@@ -36,9 +36,11 @@ Traps handled here:
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -300,6 +302,7 @@ class LlamaCppBackend:
         self.snapshot_seqs = min(snapshot_seqs, self.lib.llama_max_parallel_sequences() - 1)
         self._pool: list[_Context] = []
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
 
     def new_runner(self) -> TokenRunner:
         with self._lock:
@@ -315,7 +318,23 @@ class LlamaCppBackend:
             self._pool.append(context)
 
     def next_logits_batch(self, runners: Sequence[TokenRunner], token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        return loop_batch(runners, token_ids)
+        """Each runner decodes in its own context, so distinct runners run in parallel threads
+        (ctypes releases the GIL during llama_decode), `threads` cores each, as many as the CPUs hold.
+
+        Not one batched forward pass: that needs the sequences in one context, where a unified
+        KV cache makes every token attend over all sequences' cells (see the README).
+        """
+        workers = min(len(runners), max(1, (os.cpu_count() or 1) // self.threads))
+        if workers <= 1 or len({id(r) for r in runners}) < len(runners):
+            return loop_batch(runners, token_ids)
+        if len(runners) != len(token_ids):
+            raise ValueError(f"{len(runners)} runners for {len(token_ids)} id sequences; pass one per runner")
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="llama_cpp")
+        futures = [self._executor.submit(r.next_logits, ids) for r, ids in zip(runners[1:], token_ids[1:])]
+        first = runners[0].next_logits(token_ids[0])  # this thread works too
+        return [first] + [f.result() for f in futures]
 
     def eos_token_id(self) -> int | None:
         eos = self.lib.llama_vocab_eos(self.model.vocab)
