@@ -58,7 +58,7 @@ $(LLAMA_STAMP): | $(STAMP)
 		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
 	cmake --build $(VENV)/src/llama-server-build --target llama-server -j $(JOBS)
 	cp $(VENV)/src/llama-server-build/bin/llama-server $(BIN)/llama-server
-	rm -rf $(VENV)/src/llama-server-build
+	rm -rf $(VENV)/src  # the sources and build tree (~300 MB); the stamp keeps the build from rerunning
 	touch $@
 
 setup-llamacpp: $(LLAMA_STAMP)
