@@ -9,10 +9,10 @@ from chared_flows.decoding.backends.specs import names_a_backend, parse_llama_cp
 from chared_flows.errors import ConfigError, MissingExtraError
 
 
-def test_missing_llama_cpp_names_the_extra(monkeypatch):
+def test_missing_llama_cpp_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
     with pytest.raises(MissingExtraError, match=r"'llama_cpp' is not installed; install it with: pip install 'chared-flows\[llamacpp\]'"):
-        Member.load("llama_cpp:smollm2")
+        Member.load("llama_cpp:smollm2", cache_dir=str(tmp_path))  # its own cache key: never loaded before
 
 
 def test_llama_cpp_spec_parsing():
