@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   - set up, then run CharED on the two embedded models
-#   make test   - set up, then run every test (unit + integration on the real models)
+#   make test   - set up (with llama.cpp: setup-llamacpp), then run every test (unit + integration)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +18,21 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 DEMO_PROMPT ?= Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:
 
-.PHONY: setup sandbox-tool demo test test-unit test-integration bench clean
+# llama.cpp (extra `llamacpp`, for `llama_cpp:` and `served:` members): llama-cpp-python and
+# llama.cpp's own `llama-server`, both compiled from the same source (the llama.cpp copy inside
+# the llama-cpp-python sdist), once: the stamp names the version. About 5 + 6 minutes on 2 cores.
+LLAMA_CPP_PYTHON ?= 0.3.36
+# A portable x86-64 build with the instruction sets named. A native build (-march=native) dies
+# with SIGILL on these machines in ggml's AMX path, so AMX stays off. These machines and CI's
+# have AVX-512 (F, BW, VL, VBMI, VNNI, BF16); on a CPU without it, drop the -DGGML_AVX512* flags.
+LLAMA_CPU_FLAGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_SRC := $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)
+LLAMA_STAMP := $(VENV)/.llamacpp-$(LLAMA_CPP_PYTHON)
+JOBS ?= $(shell nproc)
+
+.PHONY: setup sandbox-tool setup-llamacpp demo test test-unit test-integration bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,17 +55,35 @@ sandbox-tool:
 	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap; }; \
 	else echo "note: bubblewrap is missing: generated code will not run and its tests skip; install it with: sudo apt-get install bubblewrap"; fi
 
+# Order-only on the main set-up: editing pyproject.toml reinstalls the package, not llama.cpp.
+$(LLAMA_STAMP): | $(STAMP)
+	command -v cmake >/dev/null && command -v g++ >/dev/null || \
+		(apt-get update -q && apt-get install -y -q --no-install-recommends cmake g++)
+	mkdir -p $(VENV)/src
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(VENV)/src
+	tar xzf $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(VENV)/src
+	CMAKE_ARGS="$(LLAMA_CPU_FLAGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/python -m pip install -q "$(LLAMA_SRC)"
+	cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B $(VENV)/src/llama-server-build -DCMAKE_BUILD_TYPE=Release \
+		$(LLAMA_CPU_FLAGS) -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
+	cmake --build $(VENV)/src/llama-server-build --target llama-server -j $(JOBS)
+	cp $(VENV)/src/llama-server-build/bin/llama-server $(BIN)/llama-server
+	rm -rf $(VENV)/src  # the sources and build tree (~300 MB); the stamp keeps the build from rerunning
+	touch $@
+
+setup-llamacpp: $(LLAMA_STAMP)
+
 demo: setup
 	printf '%b' '$(DEMO_PROMPT)' | $(BIN)/chared generate - --models smollm2,gemma3-270m --weights 0.5,0.5 --max-new-chars 200 --stop '\n'
 	$(BIN)/chared ab math_code_compare --limit 3
 
-test: setup
+test: setup setup-llamacpp
 	$(BIN)/python -m pytest -q
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not integration"
 
-test-integration: setup
+test-integration: setup setup-llamacpp
 	$(BIN)/python -m pytest -q -m integration
 
 bench: setup

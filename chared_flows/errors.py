@@ -54,3 +54,7 @@ class MissingExtraError(CharedError, ImportError):
 
 class SandboxUnavailableError(CharedError):
     """Generated code would run without the sandbox (bubblewrap missing or not working)."""
+
+
+class BackendError(CharedError):
+    """A member's backend (an inference server, a native library) failed; the message says what to start or fix."""

@@ -54,6 +54,9 @@ class Member:
     ) -> "Member":
         """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process).
 
+        Prefix `llama_cpp:` (llama.cpp in process) or write `served:URL?tokenizer=SPEC` (an
+        inference server) for the other backends: see decoding/backends/specs.py.
+
         device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; members of one ensemble
         may sit on different devices (each pass runs on its member's device, and only the
         sorted next-token probabilities come back to the host).

@@ -66,7 +66,11 @@ EMBEDDED: dict[str, Callable[[Path], Path]] = {"smollm2": _smollm2_gguf, "gemma3
 def load_assets(
     spec: str, *, cache_dir: str | os.PathLike | None = None, dtype: str = "float32", device: str = "cpu"
 ) -> MemberAssets:
-    """Load (once per process and device) the model and tokenizer a spec names, with its byte index."""
+    """Load (once per process and device) the model and tokenizer a spec names, with its byte index.
+
+    A spec prefixed `llama_cpp:` or `served:` picks that backend (backends/specs.py);
+    `dtype` and `device` apply to the transformers backend only.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"model spec {spec!r} is empty; use an alias ({', '.join(EMBEDDED)}), a directory, a .gguf file or a hub id")
     if dtype not in _DTYPES:
@@ -76,11 +80,17 @@ def load_assets(
     key = (spec, dtype, str(root), target)
     with _LOCK:
         if key not in _LOADED:
+            from chared_flows.decoding.backends.specs import load_backend_assets, names_a_backend
+
             started = time.perf_counter()
-            with quiet_transformers():
-                model, tokenizer, source = _load(spec, root, dtype)
-            model = model.to(target)
-            _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
+            if names_a_backend(spec):  # llama_cpp:SPEC, served:URL?tokenizer=SPEC (backends/specs.py)
+                _LOADED[key] = load_backend_assets(spec, root)
+                source = spec
+            else:
+                with quiet_transformers():
+                    model, tokenizer, source = _load(spec, root, dtype)
+                model = model.to(target)
+                _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
             log.info("loaded %s from %s on %s in %.1f s", spec, source, target, time.perf_counter() - started)
         return _LOADED[key]
 
@@ -140,7 +150,8 @@ def _load(spec: str, root: Path, dtype: str) -> tuple[Any, Any, str]:
         return (*_load_dir(spec, dtype), f"hub:{spec}")
     raise ModelLoadError(
         f"unknown model spec {spec!r}: not an embedded alias ({', '.join(EMBEDDED)}), "
-        "an existing directory, a .gguf file, or a hub id like 'org/name'"
+        "an existing directory, a .gguf file, or a hub id like 'org/name' "
+        "(or a backend: llama_cpp:SPEC, served:URL?tokenizer=SPEC)"
     )
 
 

@@ -1,0 +1,104 @@
+"""CharED speed with llama.cpp members vs transformers members, side by side in one run.
+
+    python benchmarks/backends.py [--threads 1] [--chars 150] [--repeats 3]
+
+Both ensembles are SmolLM2-135M + Gemma-3-270M at weights 0.5/0.5, greedy,
+from the same GGUF files: transformers runs their fp32 dequantisation,
+llama.cpp runs the quantised files (Q4_1 / Q4_K_M). Runs alternate between
+the two (A B A B ...) so that load on the machine hits both alike; we report
+the best chars/s of each and their ratio, with the thread count (torch and
+llama.cpp use the same number) and the load average before and after. Also:
+whether the greedy texts are equal, and the per-member forward passes.
+
+First, how close the two backends' logits are on the same GGUF file
+(llama.cpp: quantised weights, transformers: their fp32 dequantisation): at
+every position of the texts in benchmarks/texts/ (first --agree-chars chars,
+fed token by token, as decoding does), max |logit difference|, top-1
+agreement and KL(transformers || llama.cpp) in nats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from chared_flows.decoding import Ensemble, Member
+
+PROMPT = (
+    "Question: A baker makes 24 muffins in the morning and 18 in the afternoon. "
+    "He sells 30 of them. How many muffins are left?\nAnswer: Let's think step by step."
+)
+
+
+def agreement(members: dict[str, list[Member]], chars: int) -> None:
+    texts = [p.read_text()[:chars] for p in sorted((Path(__file__).resolve().parent / "texts").glob("*.txt"))]
+    print(f"\n| model | positions | max abs logit diff | top-1 agreement | mean KL nats | max KL nats |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for hf, llama in zip(members["transformers"], members["llama.cpp"]):
+        diffs, same, kls = [], [], []
+        for text in texts:
+            ids = hf.encode(text)
+            a, b = hf.assets.backend.new_runner(), llama.assets.backend.new_runner()
+            for end in range(1, len(ids) + 1):
+                la, lb = a.next_logits(ids[:end]).double(), b.next_logits(ids[:end]).double()
+                pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
+                diffs.append(float((la - lb).abs().max()))
+                same.append(int(la.argmax()) == int(lb.argmax()))
+                kls.append(float((pa.exp() * (pa - pb)).sum()))
+        print(f"| {hf.name} | {len(kls)} | {max(diffs):.3f} | {sum(same) / len(same):.3f} | "
+              f"{sum(kls) / len(kls):.4f} | {max(kls):.4f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--chars", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mode", default="chared", choices=["chared", "exact"])
+    parser.add_argument("--agree-chars", type=int, default=300, help="characters of each text for the logits check")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    ensembles, loaded = {}, {}
+    kinds = [("transformers", "", ""), ("llama.cpp", "llama_cpp:", "")]
+    if args.mode == "exact":  # snapshots as sequence copies (above) vs re-feeding the tokens after the common prefix
+        kinds.append(("llama.cpp re-feed", "llama_cpp:", "?snapshot_seqs=0"))
+    for kind, prefix, options in kinds:
+        start = time.perf_counter()
+        members = [Member.load(prefix + "smollm2" + options), Member.load(prefix + "gemma3-270m" + options)]
+        loaded[kind] = members
+        ensembles[kind] = Ensemble(members, weights=[0.5, 0.5], mode=args.mode)
+        ensembles[kind].generate(PROMPT, max_new_chars=5)  # warm-up
+        print(f"# {kind}: loaded in {time.perf_counter() - start:.1f} s")
+    if args.agree_chars and args.mode == "chared":
+        agreement(loaded, args.agree_chars)
+    best: dict[str, float] = {}
+    results = {}
+    for _ in range(args.repeats):
+        for kind, ens in ensembles.items():
+            result = ens.generate(PROMPT, max_new_chars=args.chars)
+            best[kind] = max(best.get(kind, 0.0), result.stats.chars_per_s)
+            results[kind] = result
+    load_after = os.getloadavg()
+    print(f"# threads={args.threads} (torch and llama.cpp), mode={args.mode}, {args.chars} chars, "
+          f"best of {args.repeats}, load average before {load_before[0]:.2f} after {load_after[0]:.2f}")
+    print("\n| members | chars/s (best) | forward passes (smollm2, gemma) | tokens fed |")
+    print("|---|---:|---|---|")
+    for kind, result in results.items():
+        st = result.stats
+        passes = ", ".join(str(v) for v in st.forward_passes.values())
+        fed = ", ".join(str(v) for v in st.tokens_fed.values())
+        print(f"| {kind} | {best[kind]:.2f} | {passes} | {fed} |")
+    print(f"\nllama.cpp / transformers = {best['llama.cpp'] / best['transformers']:.2f}x")
+    same = results["llama.cpp"].text == results["transformers"].text
+    print(f"greedy texts equal: {same}")
+    for kind, result in results.items():
+        print(f"{kind}: {result.text!r}")
+
+
+if __name__ == "__main__":
+    main()

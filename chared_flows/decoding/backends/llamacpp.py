@@ -1,0 +1,360 @@
+"""llama.cpp in process (llama-cpp-python): GGUF files directly, no conversion.
+
+One `LlamaCppBackend` loads the model's weights once; each runner gets its own
+llama.cpp context (its own KV cache), taken from a pool so that a new
+session does not pay for allocating one.
+
+KV reuse is the same longest-common-prefix rule as runner.py: keep the
+positions the new ids share with what the context holds, remove the rest with
+llama.cpp's own `llama_memory_seq_rm`, feed only the new tokens, and ask for
+logits at the last position only (the full-vocabulary row, all output rows).
+
+Snapshots (exact mode forks a path's state for each child) use llama.cpp's
+sequences. The runner decodes in sequence 0; a snapshot copies sequence 0
+into a spare sequence id with `llama_memory_seq_cp`. In a *unified* KV cache
+that copy shares cells (it tags them with one more sequence id; no tensor is
+copied), so it costs microseconds, and restoring is the reverse copy. When
+no spare id is left, or the snapshot comes from another runner, restoring
+falls back to re-feeding: the next call rolls back to the common prefix and
+feeds the difference (correct, a few tokens dearer). Measured (README): in
+exact mode both give the same speed and tokens fed, as exact mode orders its
+passes so that the rollback starts at the parent; copies bound the cost when
+branches diverge deeper.
+
+Traps handled here:
+- Sliding-window models (Gemma-3): by default llama.cpp keeps only the window
+  in the SWA layers, after which rolling back further is impossible.
+  `swa_full=True` keeps every position, as runner.py does for transformers.
+- Freeing a snapshot's sequence happens when the snapshot object is garbage
+  collected, which can be in any thread, at any allocation, even while this
+  runner's decode runs (ctypes releases the GIL). So the finaliser only
+  queues the id; the runner frees queued ids at its next call, in its thread.
+- A unified cache of n cells holds all sequences' distinct positions. If
+  branches fill it, decode reports "no KV slot": we drop the snapshot
+  sequences (their snapshots fall back to re-feeding) and retry once.
+- llama.cpp prints to stderr by default; only its errors get through (see
+  `_init_backend`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from chared_flows.decoding.backend import TokenRunner, loop_batch
+from chared_flows.decoding.runner import common_prefix_len
+from chared_flows.errors import BackendError, ContextWindowError, MissingExtraError, ModelLoadError
+
+DEFAULT_CONTEXT = 4096
+DEFAULT_SNAPSHOT_SEQS = 32
+_NO_KV_SLOT = 1  # llama_decode's return code when the cache has no room for the batch
+
+
+def import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+        from llama_cpp._logger import set_verbose
+    except ImportError:
+        raise MissingExtraError("llama_cpp", "llamacpp") from None
+    set_verbose(False)
+    return llama_cpp
+
+
+_BACKEND_INIT = threading.Lock()
+_backend_ready = False
+
+
+_GGML_LOG_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+_log_callback: Any = None  # the ctypes callback must stay referenced while llama.cpp may call it
+
+
+def _init_backend(lib: Any) -> None:
+    """Initialise llama.cpp once; let only its errors through to stderr.
+
+    Subtle: llama-cpp-python's log filter maps ggml's levels with an older enum
+    (it takes WARN=3 for ERROR), so warnings got through (each Gemma context
+    printed "using full-size SWA cache"); we install our own filter.
+    """
+    global _backend_ready, _log_callback
+    with _BACKEND_INIT:
+        if not _backend_ready:
+            lib.llama_backend_init()
+
+            @lib.llama_log_callback
+            def errors_only(level: int, text: bytes, user_data: Any) -> None:
+                if level == _GGML_LOG_ERROR:
+                    sys.stderr.write(text.decode("utf-8", "replace"))
+
+            _log_callback = errors_only
+            lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            _backend_ready = True
+
+
+class _Context:
+    """One llama.cpp context: a KV cache with sequence 0 live and spare ids for snapshots."""
+
+    def __init__(self, backend: "LlamaCppBackend"):
+        from llama_cpp import _internals
+
+        lib = backend.lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = backend.n_ctx
+        params.n_batch = backend.n_batch
+        params.n_ubatch = backend.n_batch
+        params.n_seq_max = backend.snapshot_seqs + 1
+        params.n_threads = backend.threads
+        params.n_threads_batch = backend.threads
+        params.kv_unified = True  # sequence copies share cells instead of copying tensors
+        params.swa_full = True  # keep every position in sliding-window layers, so rollback always works
+        params.no_perf = True
+        self.lib = lib
+        self.ctx = _internals.LlamaContext(model=backend.model, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=backend.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.n_vocab = backend.n_vocab
+        self.n_batch = backend.n_batch
+        self.n_seq_max = backend.snapshot_seqs + 1
+        self.generation = 0  # bumped when snapshot sequences are dropped: older snapshots re-feed
+        self.free_seqs = list(range(backend.snapshot_seqs, 0, -1))
+        self.released: list[tuple[int, int]] = []  # (generation, seq id) queued by finalisers
+
+    def remove(self, seq: int, start: int) -> bool:
+        return bool(self.lib.llama_memory_seq_rm(self.ctx.memory, seq, start, -1))
+
+    def copy(self, src: int, dst: int) -> None:
+        self.lib.llama_memory_seq_cp(self.ctx.memory, src, dst, -1, -1)
+
+    def take_seq(self) -> int | None:
+        self.free_queued()
+        return self.free_seqs.pop() if self.free_seqs else None
+
+    def queue_release(self, generation: int, seq: int) -> None:
+        self.released.append((generation, seq))  # list.append is atomic: safe from any thread
+
+    def free_queued(self) -> None:
+        while self.released:
+            generation, seq = self.released.pop()
+            if generation == self.generation:
+                self.remove(seq, 0)
+                self.free_seqs.append(seq)
+
+    def drop_snapshots(self) -> None:
+        """Free every snapshot sequence; their snapshots fall back to re-feeding."""
+        for seq in range(1, self.n_seq_max):
+            self.remove(seq, 0)
+        self._new_generation()
+
+    def clear(self) -> None:
+        """Empty the whole cache (a pooled context handed to a new runner)."""
+        self.lib.llama_memory_clear(self.ctx.memory, True)
+        self._new_generation()
+
+    def _new_generation(self) -> None:
+        self.generation += 1
+        self.released.clear()
+        self.free_seqs = list(range(self.n_seq_max - 1, 0, -1))
+
+    def decode(self, tokens: Sequence[int], start: int) -> int:
+        """Feed `tokens` at positions start.. in sequence 0, in chunks; 0 or llama_decode's error code."""
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            self.batch.set_batch(batch=chunk, n_past=start + i, logits_all=False)
+            code = self.lib.llama_decode(self.ctx.ctx, self.batch.batch)
+            if code != 0:
+                return code
+        return 0
+
+    def last_logits(self) -> torch.Tensor:
+        row = self.lib.llama_get_logits_ith(self.ctx.ctx, -1)
+        return torch.from_numpy(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy())
+
+
+@dataclass(frozen=True, eq=False)
+class LlamaSnapshot:
+    ids: tuple[int, ...]
+    logits: torch.Tensor | None
+    context: _Context | None = None  # set when `seq` holds this state in that context
+    generation: int = -1
+    seq: int | None = None
+
+
+class LlamaCppRunner:
+    """One sequence on a llama.cpp context: LCP rollback, sequence-copy snapshots."""
+
+    def __init__(self, backend: "LlamaCppBackend", context: _Context):
+        self.backend = backend
+        self._context = context
+        self.forward_passes = 0
+        self.tokens_fed = 0
+        self.cache_rebuilds = 0
+        self._ids: list[int] = []  # what sequence 0 holds
+        self._logits: torch.Tensor | None = None  # logits after self._ids
+        self._restored: LlamaSnapshot | None = None  # a re-feed snapshot: its logits, until a call moves on
+        weakref.finalize(self, backend._return_context, context)
+
+    def next_logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        ids = list(token_ids)
+        if not ids:
+            raise ValueError("a forward pass needs at least one token; add a BOS token or a prompt")
+        if len(ids) > self.backend.n_ctx:
+            raise ContextWindowError(
+                f"{len(ids)} tokens do not fit the llama.cpp context of {self.backend.n_ctx}; "
+                "load the member with a larger n_ctx or shorten the prompt"
+            )
+        restored, self._restored = self._restored, None
+        if restored is not None and restored.logits is not None and tuple(ids) == restored.ids:
+            self._restored = restored
+            return restored.logits
+        if ids == self._ids and self._logits is not None:
+            return self._logits
+        ctx = self._context
+        ctx.free_queued()
+        keep = min(common_prefix_len(self._ids, ids), len(ids) - 1)
+        if keep < len(self._ids) and not ctx.remove(0, keep):
+            # A memory that cannot drop a tail (recurrent state): start over.
+            self.cache_rebuilds += 1
+            ctx.remove(0, 0)
+            keep = 0
+        self._ids = ids[:keep]  # what the cache holds if decoding fails below
+        code = ctx.decode(ids[keep:], keep)
+        if code == _NO_KV_SLOT:
+            ctx.drop_snapshots()
+            ctx.remove(0, keep)
+            code = ctx.decode(ids[keep:], keep)
+        if code != 0:
+            ctx.remove(0, keep)
+            raise BackendError(
+                f"llama.cpp could not decode {len(ids) - keep} tokens at position {keep} (llama_decode returned "
+                f"{code}) for {self.backend.source}; if memory is short, load it with a smaller n_ctx"
+            )
+        self._ids = ids
+        self._logits = ctx.last_logits()
+        self.forward_passes += 1
+        self.tokens_fed += len(ids) - keep
+        return self._logits
+
+    def snapshot(self) -> LlamaSnapshot:
+        if self._restored is not None:
+            return self._restored  # this runner has not moved since restoring it
+        ctx = self._context
+        seq = ctx.take_seq() if self._ids else None
+        if seq is None:
+            return LlamaSnapshot(tuple(self._ids), self._logits)
+        ctx.copy(0, seq)
+        snap = LlamaSnapshot(tuple(self._ids), self._logits, ctx, ctx.generation, seq)
+        weakref.finalize(snap, ctx.queue_release, ctx.generation, seq)
+        return snap
+
+    def restore(self, snapshot: LlamaSnapshot) -> None:
+        ctx = self._context
+        self._restored = None
+        if snapshot.context is ctx and snapshot.generation == ctx.generation:
+            ctx.remove(0, 0)
+            ctx.copy(snapshot.seq, 0)
+            self._ids, self._logits = list(snapshot.ids), snapshot.logits
+        else:
+            # Re-feed: the cache keeps what it holds; the next call rolls back to the common prefix.
+            self._restored = snapshot
+
+
+class LlamaCppBackend:
+    """A GGUF model loaded by llama.cpp in this process."""
+
+    kind = "llama_cpp"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        threads: int | None = None,
+        n_batch: int = 512,
+        snapshot_seqs: int = DEFAULT_SNAPSHOT_SEQS,
+        source: str = "",
+    ):
+        self.lib = import_llama_cpp()
+        from llama_cpp import _internals
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {str(path)!r} does not exist; check the path")
+        _init_backend(self.lib)
+        try:
+            self.model = _internals.LlamaModel(
+                path_model=str(path), params=self.lib.llama_model_default_params(), verbose=False
+            )
+        except ValueError as exc:
+            raise ModelLoadError(f"llama.cpp could not load {str(path)!r} ({exc}); is it a GGUF model file?") from exc
+        self.path = path
+        self.source = source or str(path)
+        self.n_vocab = self.model.n_vocab()
+        self.n_ctx = min(n_ctx or DEFAULT_CONTEXT, self.model.n_ctx_train())
+        self.n_batch = min(n_batch, self.n_ctx)
+        # Subtle: torch's thread count is the one knob the suite and the CLI
+        # already pin; llama.cpp would otherwise take every core.
+        self.threads = threads or torch.get_num_threads()
+        self.snapshot_seqs = min(snapshot_seqs, self.lib.llama_max_parallel_sequences() - 1)
+        self._pool: list[_Context] = []
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def new_runner(self) -> TokenRunner:
+        with self._lock:
+            context = self._pool.pop() if self._pool else None
+        if context is None:
+            return LlamaCppRunner(self, _Context(self))
+        context.clear()  # here, in the caller's thread: stale snapshots of the old runner now re-feed
+        return LlamaCppRunner(self, context)
+
+    def _return_context(self, context: _Context) -> None:
+        # Runs from a finaliser (any thread): only a list operation, no llama.cpp call.
+        with self._lock:
+            self._pool.append(context)
+
+    def next_logits_batch(self, runners: Sequence[TokenRunner], token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Each runner decodes in its own context, so distinct runners run in parallel threads
+        (ctypes releases the GIL during llama_decode), `threads` cores each, as many as the CPUs hold.
+
+        Not one batched forward pass: that needs the sequences in one context, where a unified
+        KV cache makes every token attend over all sequences' cells (see the README).
+        """
+        workers = min(len(runners), max(1, (os.cpu_count() or 1) // self.threads))
+        if workers <= 1 or len({id(r) for r in runners}) < len(runners):
+            return loop_batch(runners, token_ids)
+        if len(runners) != len(token_ids):
+            raise ValueError(f"{len(runners)} runners for {len(token_ids)} id sequences; pass one per runner")
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="llama_cpp")
+        futures = [self._executor.submit(r.next_logits, ids) for r, ids in zip(runners[1:], token_ids[1:])]
+        first = runners[0].next_logits(token_ids[0])  # this thread works too
+        return [first] + [f.result() for f in futures]
+
+    def eos_token_id(self) -> int | None:
+        eos = self.lib.llama_vocab_eos(self.model.vocab)
+        return int(eos) if eos >= 0 else None
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = self.lib.llama_model_meta_val_str(self.model.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "architecture": self.metadata("general.architecture") or "",
+            "file": self.path.name,
+            "n_ctx": self.n_ctx,
+            "threads": self.threads,
+            "llama_cpp_python": getattr(self.lib, "__version__", ""),
+        }
