@@ -140,6 +140,10 @@ class CharEDParams(BaseModel):
         """Each member's tokenizer family, e.g. ["byte_bpe", "sentencepiece_byte_fallback"] (loads them)."""
         return [str(m.family) for m in self._members()]
 
+    def loaded_members(self) -> list[Any]:
+        """The Member objects this model decodes with (loads them on first use)."""
+        return self._members()
+
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of `text` under the first member's own tokenizer (loads the members).
 
@@ -188,6 +192,7 @@ def generation_info(result: Any) -> dict[str, Any]:
         # Per member: each reads the prompt and the output in its own tokenization.
         "prompt_tokens": dict(getattr(stats, "prompt_tokens", {}) or {}),
         "output_tokens": dict(getattr(stats, "output_tokens", {}) or {}),
+        "tokens_fed": dict(getattr(stats, "tokens_fed", {}) or {}),
     }
 
 
