@@ -2,8 +2,10 @@
 
 A tracker sees only plain records (`chared_flows.records`). The workflow runner
 calls, in order: `on_run_start(run)`, `on_record(record)` for every sample, and
-`on_run_end(run, summary, artifacts)` once. Trackers must not block decoding for
-long: a slow backend defers its work (see `promptlayer.py`).
+`on_run_end(run, summary, artifacts)` once; or, when the run stops early,
+`on_run_abort(run, status)` with "KILLED" or "FAILED" (optional for a tracker).
+Trackers must not block decoding for long: a slow backend defers its work (see
+`promptlayer.py`) or stops trying after its first failure (see `mlflow.py`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ class Tracker(Protocol):
 class FanOut:
     """Calls every tracker in turn; one that raises is logged and the others go on.
 
-    Subtle: a failure is never swallowed silently. It is logged with its
-    traceback (logger `chared_flows.tracking.base`) and kept in `self.failures`
-    as (tracker name, hook, message), so the runner can report it at the end.
+    Subtle: a failure is never swallowed silently. It is kept in `self.failures`
+    as (tracker name, hook, message) for the caller to report (the CLI prints one
+    line per tracker and exits non-zero), logged once per tracker as a one-line
+    warning, and with its traceback at DEBUG level (logger
+    `chared_flows.tracking.base`): a dead server must not print a traceback per call.
     A tracker that failed in `on_run_start` still gets later calls: it may have
     recovered, and each hook decides for itself what it can do.
     """
@@ -44,14 +48,27 @@ class FanOut:
         self.trackers: list[Tracker] = list(trackers)
         self.failures: list[tuple[str, str, str]] = []
 
-    def _each(self, hook: str, *args: Any) -> None:
+    def _each(self, hook: str, *args: Any, optional: bool = False) -> None:
         for tracker in self.trackers:
+            method = getattr(tracker, hook, None)
+            if method is None and optional:
+                continue
             try:
-                getattr(tracker, hook)(*args)
-            except Exception as exc:  # noqa: BLE001 - isolation is the point; logged below
+                method(*args)
+            except Exception as exc:  # noqa: BLE001 - isolation is the point; recorded below
                 label = getattr(tracker, "name", type(tracker).__name__)
-                log.error("tracker %s failed in %s: %s", label, hook, exc, exc_info=True)
-                self.failures.append((label, hook, f"{type(exc).__name__}: {exc}"))
+                message = " ".join(f"{type(exc).__name__}: {exc}".split())
+                if not any(name == label for name, _, _ in self.failures):
+                    log.warning("tracker %s failed in %s: %s", label, hook, message[:300])
+                log.debug("tracker %s failed in %s", label, hook, exc_info=True)
+                self.failures.append((label, hook, message))
+
+    def failed(self) -> dict[str, str]:
+        """Tracker name -> its first failure's message, for the trackers that failed."""
+        first: dict[str, str] = {}
+        for name, hook, message in self.failures:
+            first.setdefault(name, f"{message} (in {hook})")
+        return first
 
     def on_run_start(self, run: RunRecord) -> None:
         self._each("on_run_start", run)
@@ -63,3 +80,6 @@ class FanOut:
         self, run: RunRecord, summary: dict[str, Any] | None = None, artifacts: list[Path] | None = None
     ) -> None:
         self._each("on_run_end", run, summary or {}, list(artifacts or []))
+
+    def on_run_abort(self, run: RunRecord, status: str = "KILLED") -> None:
+        self._each("on_run_abort", run, status, optional=True)
