@@ -11,8 +11,11 @@ Trackers must not block decoding for long: a slow backend defers its work (see
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 
 from chared_flows.records import RunRecord, SampleRecord
 
@@ -28,6 +31,35 @@ class Tracker(Protocol):
     def on_record(self, record: SampleRecord) -> None: ...
 
     def on_run_end(self, run: RunRecord, summary: dict[str, Any], artifacts: list[Path]) -> None: ...
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then deliver them.
+
+    subtle: an interrupt that lands inside a tracker's store write (SQLAlchemy on the
+    SQLite MLflow store) can leave that store locked, so the tracker cannot even mark
+    the run KILLED afterwards and it stays RUNNING. Tracker calls are short and bounded
+    (their own timeouts), so they are allowed to finish and the signal is re-raised
+    right after, to whatever handler was there. (Masking the signal with pthread_sigmask
+    is not enough: another thread receives it and Python still runs the handler in the
+    main thread.) Only the main thread can set handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    # None: a handler not set from Python, which cannot be put back; such a signal is left alone
+    handlers = {sig: h for sig in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(sig)) is not None}
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 class FanOut:
@@ -54,7 +86,8 @@ class FanOut:
             if method is None and optional:
                 continue
             try:
-                method(*args)
+                with uninterrupted():
+                    method(*args)
             except Exception as exc:  # noqa: BLE001 - isolation is the point; recorded below
                 label = getattr(tracker, "name", type(tracker).__name__)
                 message = " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -8,6 +8,10 @@ file, the trackers. Environment:
 - CHARED_TEST_SCRIPTS: JSON {model name: text the member writes} (default: five/two);
 - CHARED_TEST_DELAY_S: seconds each forward pass sleeps, so a run lasts long enough to
   be interrupted (default 0);
+- CHARED_TEST_GATE: a file path; while it exists, every forward pass waits (a test holds a
+  run in the middle, deterministically, and lets it go by deleting the file);
+- CHARED_TEST_FAIL: comma-separated model names whose forward pass raises a DecodingError
+  (a per-sample error the runner records and a resume retries);
 - the `exact` scorer is registered (1.0 when the parsed number equals the reference).
 """
 
@@ -27,19 +31,36 @@ def install() -> None:
     from chared_flows.evaluation import base as evaluation
     from tests.fixtures import tiny
 
+    from chared_flows.errors import DecodingError
+
     scripts = json.loads(os.environ.get("CHARED_TEST_SCRIPTS") or "null") or DEFAULT_SCRIPTS
     delay = float(os.environ.get("CHARED_TEST_DELAY_S") or 0)
-    if delay:
-        original = tiny.ScriptedRunner.next_logits
+    failing = {name for name in (os.environ.get("CHARED_TEST_FAIL") or "").split(",") if name}
+    gate = os.environ.get("CHARED_TEST_GATE")
+    original = tiny.ScriptedRunner.next_logits
 
-        def slow(self, token_ids):
-            time.sleep(delay)
-            return original(self, token_ids)
+    def next_logits(self, token_ids):
+        if getattr(self, "fails", False):
+            raise DecodingError("scripted failure")
+        time.sleep(delay)
+        while gate and os.path.exists(gate):
+            time.sleep(0.02)
+        return original(self, token_ids)
 
-        tiny.ScriptedRunner.next_logits = slow
+    tiny.ScriptedRunner.next_logits = next_logits
 
     def load(spec, chat=False, **_):
-        return tiny.scripted_member(scripts[spec], name=spec)
+        member = tiny.scripted_member(scripts[spec], name=spec)
+        if spec in failing:
+            factory = member.assets.runner_factory
+
+            def failing_factory():
+                runner = factory()
+                runner.fails = True
+                return runner
+
+            member.assets.runner_factory = failing_factory
+        return member
 
     class Exact:
         name = "exact"

@@ -52,6 +52,21 @@ def test_one_failing_tracker_does_not_stop_the_others(run_record, records, caplo
     assert len(fan.failures) == 2
 
 
+def test_an_interrupt_waits_until_the_tracker_call_is_done(run_record):
+    import os
+    import signal
+
+    class Writing(Recorder):
+        def on_run_start(self, run):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of a store write
+            self.calls.append("write finished")
+
+    tracker = Writing()
+    with pytest.raises(KeyboardInterrupt):
+        FanOut([tracker]).on_run_start(run_record)
+    assert tracker.calls == ["write finished"]
+
+
 def test_make_trackers_names_unknown_and_builds_known(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="mlflow, promptlayer"):
         make_trackers(["wandb"])
