@@ -67,6 +67,9 @@ def _mlflow():
     # Traces are exported when they end, not by a background queue that a short-lived
     # CLI process may exit before draining.
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    # Against a server, ending a run prints "View run ... at: URL" to *stdout*, which would
+    # corrupt the JSON summary `chared run` prints there.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         import mlflow
     except ImportError as exc:

@@ -9,63 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-WORKFLOW = (
-    "name: tiny\nversion: 1\ntemplate: math_answer@1\n"
-    "dataset: {kind: inline, samples: [{id: a, inputs: {question: q1}, reference: 5}, "
-    "{id: b, inputs: {question: q2}, reference: 2}, {id: c, inputs: {question: q3}, reference: 5}]}\n"
-    "parser: number\nscorers: [exact]\ndecoding: {max_new_chars: 40, stop: [\"\\n\"]}\n"
-    "variants:\n  - {name: five, models: [five]}\n  - {name: mix, models: [five, two], weights_sweep: [0.5]}\n"
-)
-PAIRS = 6  # 3 samples x 2 variants
+from tests.support.processes import PAIRS, Chared, error_lines, make_project, record_lines, wait_for
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    shutil.copytree(REPO / "templates", tmp_path / "templates")
-    (tmp_path / "workflows").mkdir()
-    (tmp_path / "workflows" / "tiny.yaml").write_text(WORKFLOW)
-    return tmp_path
-
-
-class Chared:
-    """Starts `chared` processes in the project; every one still alive at the end is killed."""
-
-    def __init__(self, project: Path):
-        self.project = project
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, *args: str, **env: str) -> subprocess.Popen:
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true",
-                    "OMP_NUM_THREADS": "1", **env}
-        if "MLFLOW_TRACKING_URI" not in env:
-            full_env.pop("MLFLOW_TRACKING_URI", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.scripted_cli", *args], cwd=self.project, env=full_env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        self.started.append(proc)
-        return proc
-
-    def run(self, *args: str, **env: str) -> tuple[int, str, str]:
-        proc = self.start(*args, **env)
-        out, err = proc.communicate(timeout=120)
-        return proc.returncode, out, err
-
-    def close(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    return make_project(tmp_path)
 
 
 @pytest.fixture
@@ -73,24 +27,6 @@ def chared(project):
     runner = Chared(project)
     yield runner
     runner.close()
-
-
-def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def record_lines(project: Path, run_id: str = "r1") -> list[str]:
-    path = project / "runs" / run_id / "records.jsonl"
-    return path.read_text().splitlines() if path.is_file() else []
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
 
 
 def test_a_second_process_on_the_same_run_id_exits_with_one_line_and_nothing_is_written_twice(project, chared):
