@@ -304,7 +304,7 @@ def add_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from chared_flows.flow.sync import pending_runs
+    from chared_flows.flow.sync import clear_pending, pending_runs
     from chared_flows.tracking.promptlayer import API_KEY_ENV
 
     if args.timeout <= 0:
@@ -320,7 +320,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     for run_dir in run_dirs:
         code = max(code, sync_mlflow(args, run_dir))
     if os.environ.get(API_KEY_ENV) or not run_dirs:  # without a key and with MLflow work: MLflow only
-        code = max(code, sync_promptlayer(args.timeout))
+        sent = sync_promptlayer(args.timeout)
+        if sent == 0:  # the outbox is empty: no run waits for PromptLayer any more
+            for run_dir in pending_runs(out, "promptlayer"):
+                clear_pending(run_dir, "promptlayer")
+        code = max(code, sent)
     return code
 
 

@@ -121,9 +121,15 @@ def t_mean_ci(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def mean_ci(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float, str]:
-    """(low, high, method) for one variant's mean: exact binomial for 0/1 values, else t."""
-    if len(values) and _is_binary(values):
+def mean_ci(values: np.ndarray, alpha: float = 0.05, binary: bool | None = None) -> tuple[float, float, str]:
+    """(low, high, method) for one variant's mean: exact binomial for a 0/1 score, else t.
+
+    `binary=None` decides from the values; counts and timings pass False (a column of
+    forward-pass counts that happen to be all 1 is not a proportion).
+    """
+    if binary is None:
+        binary = bool(len(values)) and _is_binary(values)
+    if binary:
         return (*binomial_ci(int(values.sum()), len(values), alpha), "exact")
     low, high = t_mean_ci(values, alpha)
     return low, high, "t" if len(values) >= 2 else ""
@@ -204,7 +210,7 @@ def compare(
         for spec in variants:
             values = np.array(list(table.get(spec.name, {}).values()))
             if len(values):
-                low, high, method = mean_ci(values)
+                low, high, method = mean_ci(values, binary=None if metric not in TIMING else False)
                 result.variants.append(
                     VariantStat(spec.name, metric, len(values), float(values.mean()), low, high, method)
                 )

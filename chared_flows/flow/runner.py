@@ -332,7 +332,8 @@ def scoring_ensemble(members: list[Any], variant: VariantSpec, mode: str) -> Any
     from chared_flows.decoding import Ensemble
 
     options = {k: variant.decoding[k] for k in ("beam_width", "prune_threshold") if k in variant.decoding}
-    return Ensemble(members, weights=variant.weights, mode=variant.mode if mode == "variant" else mode,
+    raw = [m.with_chat(False) for m in members]  # the text is scored as it is, not as a chat turn
+    return Ensemble(raw, weights=variant.weights, mode=variant.mode if mode == "variant" else mode,
                     rule=variant.rule, **options)
 
 

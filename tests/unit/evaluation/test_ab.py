@@ -85,6 +85,9 @@ def test_continuous_metrics_get_a_t_interval_and_one_value_gets_none():
     assert stats["a"]["ci_low"] == pytest.approx(0.7333 - 0.8724, abs=1e-3)
     assert stats["a"]["ci_high"] == pytest.approx(0.7333 + 0.8724, abs=1e-3)
     assert np.isnan(stats["b"]["ci_low"]) and stats["b"]["ci_method"] == ""
+    counts = [rec("a", f"s{i}", 0.5, forward_passes=1) for i in range(3)]
+    passes = next(s for s in compare(counts, VARIANTS[:1], metrics=["forward_passes"]).to_dict()["variants"])
+    assert passes["ci_method"] == "t"  # a count that happens to be 1 everywhere is not a proportion
 
 
 def test_sign_test_and_mcnemar_agree_with_the_binomial_distribution():
