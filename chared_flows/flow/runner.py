@@ -198,10 +198,12 @@ class WorkflowRunner:
         # finished earlier too and end up with the whole run; each tracker makes the replay
         # idempotent (MLflow reuses the run's MLflow runs, PromptLayer's outbox keys pairs).
         wanted = {s.id for s in samples}
+        index = {s.id: i for i, s in enumerate(samples)}
         for record in finished:
             if record.sample_id in wanted:
+                if record.sample_index < 0:  # written before records kept their index
+                    record.sample_index = index[record.sample_id]
                 self._notify("on_record", record)
-        index = {s.id: i for i, s in enumerate(samples)}
         bar = tqdm(total=len(todo), desc=self.run_id, unit="sample", disable=not self.progress, leave=False)
         try:
             for variant, sample in todo:
