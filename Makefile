@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make demo   - set up, then run CharED on the two embedded models
+#   make demo   - set up, then run CharED on the two embedded models (generation, a GSM A/B,
+#                 a bits-per-character A/B on prose, code and math)
 #   make test   - set up (with llama.cpp: setup-llamacpp), then run every test (unit + integration)
 
 PYTHON ?= python3
@@ -76,6 +77,9 @@ setup-llamacpp: $(LLAMA_STAMP)
 demo: setup
 	printf '%b' '$(DEMO_PROMPT)' | $(BIN)/chared generate - --models smollm2,gemma3-270m --weights 0.5,0.5 --max-new-chars 200 --stop '\n'
 	$(BIN)/chared ab math_code_compare --limit 3
+# bits per character of prose, code and math: each model alone and CharED (exact-mode scoring:
+# many one-token forward passes, for which 1 torch thread is the fast setting on a busy CPU)
+	$(BIN)/chared ab char_compare --threads 1
 
 test: setup setup-llamacpp
 	$(BIN)/python -m pytest -q

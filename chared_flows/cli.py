@@ -2,15 +2,19 @@
 
 Each subcommand is a pair of functions, `add_<name>(subparsers)` and `cmd_<name>(args)`,
 registered in COMMANDS; adding `ab` or `sync` later means adding one more pair.
-Library errors (CharedError) become one line on stderr and exit code 2; tracebacks are
-kept for real bugs.
+Exit codes: 0 ok; 2 a user error (CharedError: one line on stderr; tracebacks are kept for
+real bugs); 3 the results are on disk but a tracker misses part of them (one line per
+tracker; `chared sync` completes it); 130 interrupted (Ctrl-C or SIGTERM: the run's
+trackers are told, so its MLflow runs end KILLED).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +23,8 @@ from typing import Callable, Sequence
 from chared_flows.errors import CharedError, ConfigError
 
 EXIT_USER_ERROR = 2
+EXIT_TRACKING = 3
+EXIT_INTERRUPTED = 130
 
 
 # --- shared options -------------------------------------------------------------
@@ -204,7 +210,8 @@ def build_trackers(names: list[str], resolved) -> object:
     from chared_flows.tracking import make_trackers
 
     template = resolved.template
-    options = {"mlflow": {"prompts": [(template.name, template.version, template.template)]}}
+    prompts = [(template.name, template.version, template.template)]
+    options = {"mlflow": {"prompts": prompts}, "promptlayer": {"prompts": prompts}}
     return make_trackers(names, options={k: v for k, v in options.items() if k in names})
 
 
@@ -261,9 +268,34 @@ def drain(runner) -> int:
     return new
 
 
-def report_tracker_failures(fanout) -> None:
-    for name, hook, message in getattr(fanout, "failures", []):
-        print(f"warning: tracker {name} failed in {hook}: {' '.join(message.split())[:300]}", file=sys.stderr)
+def report_tracker_failures(fanout, runner) -> int:
+    """One line per tracker that failed; the run is marked for `chared sync`; the exit code."""
+    from chared_flows.flow.sync import mark_pending
+
+    failed = fanout.failed() if hasattr(fanout, "failed") else {}
+    if not failed:
+        return 0
+    mark_pending(runner.run_dir, list(failed))
+    n = len(runner.results.read())
+    for name, message in failed.items():
+        message = message.removeprefix("TrackingError: ")
+        print(
+            f"error: tracker {name}: {' '.join(message.split())[:300]}; the run's {n} records are safe in "
+            f"{runner.results.path}; complete {name} later with "
+            f"`chared sync --run-id {runner.run_id} --out {runner.run_dir.parent}`",
+            file=sys.stderr,
+        )
+    return EXIT_TRACKING
+
+
+def drain_and_report(runner, fanout) -> tuple[int, int]:
+    """drain(), then the trackers' failures, even when the run was interrupted: (new records, exit code)."""
+    new = 0
+    try:
+        new = drain(runner)
+    finally:
+        code = report_tracker_failures(fanout, runner)
+    return new, code
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
@@ -276,11 +308,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from chared_flows.flow.runner import summarize
 
     runner, fanout = make_runner(args)
-    new = drain(runner)
-    report_tracker_failures(fanout)
+    new, code = drain_and_report(runner, fanout)
     print(f"{new} new records", file=sys.stderr)
     print(json.dumps(summarize(runner.results.read()), indent=2))
-    return 0
+    return code
 
 
 # --- ab ---------------------------------------------------------------------------
@@ -314,31 +345,84 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
     runner, fanout = make_runner(args, interleave=True, finisher=finisher)
     started = time.perf_counter()
-    new = drain(runner)
-    report_tracker_failures(fanout)
+    new, code = drain_and_report(runner, fanout)
     files = made.get("files", [])
     print(f"{new} new records in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if files:
         print(f"report: {files[0].resolve()}")
         print(f"        {files[1].resolve()}")
-    return 0
+    return code
 
 
 # --- sync -------------------------------------------------------------------------
 
 
 def add_sync(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sync", help="send the PromptLayer outbox (items kept while PromptLayer was unreachable)")
+    p = sub.add_parser(
+        "sync", help="complete what a tracker missed: MLflow runs from the run directory, the PromptLayer outbox"
+    )
+    p.add_argument("--run-id", help="replay this run to MLflow (default: every run under --out that MLflow missed)")
+    p.add_argument("--out", default="runs", help="directory of run results (default: ./runs)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per PromptLayer call (default 10)")
     p.set_defaults(handler=cmd_sync)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from chared_flows.tracking.promptlayer import sync_outbox
+    from chared_flows.flow.sync import clear_pending, pending_runs
+    from chared_flows.tracking.promptlayer import API_KEY_ENV
 
     if args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout} must be positive")
-    result = sync_outbox(call_timeout_s=args.timeout)
+    out = Path(args.out)
+    if args.run_id:
+        run_dirs = [out / args.run_id]
+        if not run_dirs[0].is_dir():
+            raise ConfigError(f"no run {args.run_id!r} in {out}; give --out and --run-id of an existing run")
+    else:
+        run_dirs = pending_runs(out, "mlflow")
+    code = 0
+    for run_dir in run_dirs:
+        code = max(code, sync_mlflow(args, run_dir))
+    if os.environ.get(API_KEY_ENV) or not run_dirs:  # without a key and with MLflow work: MLflow only
+        sent = sync_promptlayer(args.timeout)
+        if sent == 0:  # the outbox is empty: no run waits for PromptLayer any more
+            for run_dir in pending_runs(out, "promptlayer"):
+                clear_pending(run_dir, "promptlayer")
+        code = max(code, sent)
+    return code
+
+
+def sync_mlflow(args: argparse.Namespace, run_dir: Path) -> int:
+    """Replay one run directory to MLflow; one line either way."""
+    from chared_flows.errors import TrackingError
+    from chared_flows.flow.sync import clear_pending, load_run, replay
+    from chared_flows.tracking.mlflow import MlflowTracker
+
+    run = load_run(run_dir)
+    tracker = MlflowTracker(prompts=run_prompts(args, run))
+    try:
+        state = replay(run_dir, tracker)
+    except TrackingError as exc:
+        print(f"error: mlflow: run {run.run_id}: {' '.join(str(exc).split())[:300]}; try again later", file=sys.stderr)
+        return EXIT_TRACKING
+    clear_pending(run_dir, "mlflow")
+    print(f"mlflow: run {run.run_id} synced ({state}) -> MLflow run {tracker.parent_run_id} at {tracker.tracking_uri}")
+    return 0
+
+
+def run_prompts(args: argparse.Namespace, run) -> list[tuple[str, int, str]]:
+    """The run's template, to publish with it, if the templates dir still has that exact version."""
+    try:
+        spec = template_store(args).resolve(f"{run.template}@{run.template_version}")
+    except CharedError:
+        return []
+    return [(spec.name, spec.version, spec.template)] if spec.content_hash == run.template_hash else []
+
+
+def sync_promptlayer(timeout: float) -> int:
+    from chared_flows.tracking.promptlayer import sync_outbox
+
+    result = sync_outbox(call_timeout_s=timeout)
     print(
         f"sent {result.sent}, failed {result.failed}, timed out {result.timed_out}; "
         f"pending {result.pending}, dead {result.dead}"
@@ -483,10 +567,33 @@ def setup_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
+def _interrupt(signum: int, frame) -> None:
+    # subtle: SIGTERM (what `kill`, docker and CI send) would end Python at once, leaving the
+    # run's MLflow runs RUNNING forever; as KeyboardInterrupt it unwinds like Ctrl-C, the
+    # runner tells its trackers (on_run_abort) and records already written stay.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_QUIETED = ("chared_flows.tracking.base", "urllib3", "mlflow.tracing", "mlflow.utils.requests_utils")
+
+
+def _quiet_libraries() -> dict[str, int]:
+    """The CLI prints one line per failed tracker itself; the libraries' own retry chatter is noise.
+
+    Returns the previous levels, which main() puts back (tests call main() in-process).
+    """
+    before = {name: logging.getLogger(name).level for name in _QUIETED}
+    for name in _QUIETED:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return before
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv), parser))
     setup_logging()
+    levels = _quiet_libraries()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         return args.handler(args)
     except CharedError as exc:
@@ -494,7 +601,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,17 @@ class VariantSpec:
     def is_single(self) -> bool:
         return len(self.members) == 1
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VariantSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("members", "tokenizer_families"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if values.get("weights") is not None:
+            values["weights"] = tuple(float(w) for w in values["weights"])
+        return cls(**values)
+
 
 @dataclass
 class SampleRecord:
@@ -53,9 +64,18 @@ class SampleRecord:
     forward_passes: int = 0
     scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # When the record was made; the workflow runner sets it when the call *ended*, so the
+    # call ran from `timestamp - latency_s` to `timestamp`.
     timestamp: float = field(default_factory=time.time)
     # The dataset sample's domain ("math", "code", a text file's name): groups reports.
     domain: str = ""
+    # The prompt the model saw (the rendered template).
+    prompt: str = ""
+    # The sample's position in the dataset: a stable step for per-sample metrics (-1: unknown).
+    sample_index: int = -1
+    # What the decoder reports about the call: rounds, and per member forward passes,
+    # prompt tokens, output tokens and tokens fed (each a {member name: count} dict).
+    generation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +102,18 @@ class RunRecord:
     git_commit: str = ""
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    # The samples the run covers: `--limit` (None: all), how many, and a hash of their
+    # ids, inputs and references (the same hash means the same data).
+    limit: int | None = None
+    n_samples: int = 0
+    dataset_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["variants"] = [VariantSpec.from_dict(v) for v in values.get("variants", [])]
+        return cls(**values)

@@ -106,8 +106,8 @@ def humaneval(limit: int | None = None, offset: int = 0) -> list[Sample]:
 def text_files(path: str | list[str], chunk_chars: int = 512, limit: int | None = None, domain: str = "") -> list[Sample]:
     """Plain text for bits per character: each file cut into chunks of `chunk_chars` characters.
 
-    The chunk goes into inputs["text"]; the runner scores it with the model
-    (bits per character) instead of generating.
+    The chunk goes into inputs["text"] and is also the sample's reference: the text the
+    `bits_per_char` scorer scores under each variant.
     """
     if chunk_chars <= 0:
         raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}")
@@ -123,7 +123,7 @@ def text_files(path: str | list[str], chunk_chars: int = 512, limit: int | None 
                 return samples
             samples.append(
                 Sample(id=f"{file.stem}-{i // chunk_chars}", inputs={"text": text[i:i + chunk_chars]},
-                       domain=domain or file.stem)
+                       reference=text[i:i + chunk_chars], domain=domain or file.stem)
             )
     return samples
 

@@ -1,9 +1,11 @@
 """Scorers, registered by name: numeric_exact_match, pass_at_1, latency, bits_per_char.
 
 A scorer sees the sample, the output text and the parsed output, nothing else.
-Timing and model-side numbers are not in the output, so they come from the
-`SampleRecord` instead (`record_metrics`): the `latency` and `bits_per_char`
-scorers only declare that the run wants those numbers reported.
+Timing numbers are not in the output, so they come from the `SampleRecord` instead
+(`record_metrics`): the `latency` scorer only declares that the run wants them reported.
+`bits_per_char` reads the model, not the output: it declares `needs_model` and the
+workflow runner calls `score_model(sample, ensemble_for)` with a function that builds the
+variant's ensemble in a given mode.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from chared_flows.errors import ConfigError
 from chared_flows.evaluation.base import Sample, register_scorer
 from chared_flows.evaluation.sandbox import Limits, box_for, run_check
 from chared_flows.records import SampleRecord
@@ -103,10 +106,48 @@ def _latency() -> RecordField:
     return RecordField("latency", ("latency_s", "chars_per_s", "forward_passes"))
 
 
+SCORING_MODES = ("exact", "chared", "variant")
+
+
+@dataclass
+class BitsPerChar:
+    """Bits per character of the sample's reference text under the variant's ensemble.
+
+    Exact mode by default: each member's probability of the text summed over its
+    tokenizations, combined with the variant's weights and rule; the number that
+    compares models with different tokenizers on the same text. `mode: chared` scores the
+    chared procedure instead, `mode: variant` uses the variant's own mode. The text is
+    scored from its start (empty prompt), so every variant is scored on the same bytes.
+    """
+
+    mode: str = "exact"
+    name: str = "bits_per_char"
+    needs_model = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in SCORING_MODES:
+            raise ConfigError(f"bits_per_char mode {self.mode!r} is unknown; use one of: {', '.join(SCORING_MODES)}")
+
+    def text_of(self, sample: Sample) -> str:
+        text = sample.reference
+        if not isinstance(text, str) or not text:
+            raise ConfigError(
+                f"sample {sample.id!r} has no reference text to score ({type(text).__name__}); bits_per_char "
+                "needs a text reference, e.g. the `text` dataset kind or inline samples with reference: '...'"
+            )
+        return text
+
+    def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
+        raise ConfigError("bits_per_char reads the model; run it through the workflow runner (score_model)")
+
+    def score_model(self, sample: Sample, ensemble_for: Any) -> dict[str, float]:
+        result = ensemble_for(self.mode).score("", self.text_of(sample))
+        return {"bits_per_char": float(result.bits_per_char)}
+
+
 @register_scorer("bits_per_char")
-def _bits_per_char() -> RecordField:
-    # The runner computes it with the model (scoring mode) into record.scores["bits_per_char"].
-    return RecordField("bits_per_char", ())
+def _bits_per_char(mode: str = "exact") -> BitsPerChar:
+    return BitsPerChar(mode=mode)
 
 
 def record_metrics(record: SampleRecord) -> dict[str, float]:

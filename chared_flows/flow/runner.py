@@ -1,18 +1,23 @@
 """Run a resolved workflow: every (variant, sample) pair through `template | llm | parser`.
 
-Results go to `<out>/<run_id>/records.jsonl`, one SampleRecord per line, appended as each
-pair finishes; `run.json` holds the RunRecord and the workflow's hash. Running again with
-the same run id skips the pairs already in the file, so an interrupted run resumes where it
-stopped. A run id cannot be reused for a different workflow or template version: mixing
-their records would make the comparison meaningless, so that is an error.
+Results go to `<out>/<run_id>/records.jsonl`, one SampleRecord per line, written as each
+pair finishes (see `results.py`: one process per run directory, torn lines repaired, a
+retried pair replaces its error row); `run.json` holds the RunRecord (with `finished_at`
+once every pair is done) and the workflow's hash. Running again with the same run id
+skips the pairs already in the file, so an interrupted run resumes where it stopped. A run
+id cannot be reused for a different workflow or template version: mixing their records
+would make the comparison meaningless, so that is an error.
 
 Sinks (trackers) subscribe through three hooks, the same as tracking's Tracker protocol:
-on_run_start(RunRecord), on_record(SampleRecord), on_run_end(RunRecord, summary, artifacts).
+on_run_start(RunRecord), on_record(SampleRecord), on_run_end(RunRecord, summary, artifacts);
+a sink may also have on_run_abort(RunRecord, status), called with "KILLED" (interrupt) or
+"FAILED" (an exception) when the run stops before its end.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import subprocess
@@ -26,6 +31,7 @@ import chared_flows
 from chared_flows.errors import CharedError, WorkflowError
 from chared_flows.evaluation.base import Sample, load_dataset
 from chared_flows.flow.loader import ResolvedWorkflow
+from chared_flows.flow.results import ResultsFile, RunLock, write_atomically
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec
 
 RECORDS_FILE = "records.jsonl"
@@ -54,40 +60,6 @@ def default_llm_factory(variant: VariantSpec) -> Any:
 
 def new_run_id(workflow: str) -> str:
     return f"{workflow}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-class ResultsFile:
-    """The append-only JSONL file of one run's records."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def read(self) -> list[SampleRecord]:
-        if not self.path.is_file():
-            return []
-        records = []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(SampleRecord.from_dict(json.loads(line)))
-            except json.JSONDecodeError:
-                # subtle: a run killed mid-write leaves a torn last line; that pair simply reruns
-                if number != len(lines):
-                    raise WorkflowError(f"{self.path}:{number}: corrupt record line; delete it to rerun that pair") from None
-        return records
-
-    def finished_pairs(self) -> set[tuple[str, str]]:
-        """(sample_id, variant) pairs with a record and no error (errored pairs are retried)."""
-        return {(r.sample_id, r.variant) for r in self.read() if r.error is None}
-
-    def append(self, record: SampleRecord) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record.to_dict(), ensure_ascii=False, default=str)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
 
 
 class WorkflowRunner:
@@ -130,6 +102,7 @@ class WorkflowRunner:
     # --- setup -----------------------------------------------------------
 
     def load_samples(self) -> list[Sample]:
+        """The run's samples (the dataset, cut to `limit`)."""
         samples = load_dataset(self.dataset_ref)
         if self.limit is not None:
             samples = samples[: self.limit]
@@ -138,24 +111,35 @@ class WorkflowRunner:
             raise WorkflowError("the dataset has repeated sample ids; resuming needs unique ids")
         return samples
 
-    def run_record(self) -> RunRecord:
+    def run_record(self, samples: list[Sample] | None = None) -> RunRecord:
         return RunRecord(
             **self._identity(),
             dataset=json.dumps(self.dataset_ref, sort_keys=True, default=str),
             variants=list(self.workflow.variants),
             package_version=chared_flows.__version__,
             git_commit=_git_commit(),
+            limit=self.limit,
+            n_samples=len(samples) if samples is not None else 0,
+            dataset_hash=dataset_hash(samples) if samples is not None else "",
         )
 
-    def _claim_run_dir(self, run: RunRecord) -> None:
-        """Write run.json, or check that an existing one describes the same workflow."""
+    def _write_run_file(self, run: RunRecord) -> None:
         path = self.run_dir / RUN_FILE
-        identity = {
+        identity = self._run_identity(run)
+        write_atomically(path, json.dumps({**identity, "run": run.to_dict()}, indent=2, default=str) + "\n")
+
+    def _run_identity(self, run: RunRecord) -> dict[str, str]:
+        return {
             "workflow_hash": self.workflow.content_hash,
             "template_hash": run.template_hash,
             "workflow": f"{run.workflow} v{run.workflow_version}",
             "template": f"{run.template}@{run.template_version}",
         }
+
+    def _claim_run_dir(self, run: RunRecord) -> None:
+        """Check that an existing run.json describes the same workflow, then (re)write it."""
+        path = self.run_dir / RUN_FILE
+        identity = self._run_identity(run)
         if path.is_file():
             before = json.loads(path.read_text(encoding="utf-8"))
             changed = [k for k in ("workflow_hash", "template_hash") if before.get(k) != identity[k]]
@@ -165,17 +149,29 @@ class WorkflowRunner:
                     f"{before.get('template')} and different content ({', '.join(changed)} differ); "
                     "resume it with the same files, or start a new run with another --run-id"
                 )
-            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**identity, "run": run.to_dict()}, indent=2, default=str) + "\n", encoding="utf-8")
+        self._write_run_file(run)  # finished_at is None again until this pass completes
 
     # --- the run ---------------------------------------------------------
 
     def run(self) -> Iterator[SampleRecord]:
-        """Yield each new record as it finishes (already finished pairs are skipped)."""
+        """Yield each new record as it finishes (already finished pairs are skipped).
+
+        The run directory is locked for the whole run: a second process on the same run id
+        fails at once with a WorkflowError instead of duplicating every record.
+        """
+        lock = RunLock(self.run_dir)
+        lock.acquire()
+        try:
+            yield from self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> Iterator[SampleRecord]:
         samples = self.load_samples()
-        run = self.run_record()
+        run = self.run_record(samples)
         self._claim_run_dir(run)
+        self.results.repair()  # before the first write: a torn last line would swallow it
         finished = [r for r in self.results.read() if r.error is None]
         done = {(r.sample_id, r.variant) for r in finished}
         if self.interleave:
@@ -187,18 +183,33 @@ class WorkflowRunner:
         chains = self._chains({v.name for v in self.workflow.variants})
         run.variants = self.workflow.variants = [self._with_families(v, chains.get(v.name)) for v in run.variants]
         self._notify("on_run_start", run)
-        # subtle: a resumed run is a new run for the sinks (a new MLflow parent run), so
-        # they are given the records finished earlier too and end up with the whole run;
-        # PromptLayer's outbox keys them by run/variant/sample, so none is sent twice.
+        try:
+            yield from self._run_pairs(run, samples, finished, todo, chains)
+        except BaseException as exc:
+            # subtle: GeneratorExit (the caller stopped iterating) and KeyboardInterrupt are
+            # interruptions, anything else a failure; either way trackers must not leave the
+            # run looking alive (an MLflow run would stay RUNNING forever).
+            status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+            self._notify_optional("on_run_abort", run, status)
+            raise
+
+    def _run_pairs(self, run, samples, finished, todo, chains) -> Iterator[SampleRecord]:
+        # subtle: a resumed run is a new run for the sinks, so they are given the records
+        # finished earlier too and end up with the whole run; each tracker makes the replay
+        # idempotent (MLflow reuses the run's MLflow runs, PromptLayer's outbox keys pairs).
         wanted = {s.id for s in samples}
+        index = {s.id: i for i, s in enumerate(samples)}
         for record in finished:
             if record.sample_id in wanted:
+                if record.sample_index < 0:  # written before records kept their index
+                    record.sample_index = index[record.sample_id]
                 self._notify("on_record", record)
         bar = tqdm(total=len(todo), desc=self.run_id, unit="sample", disable=not self.progress, leave=False)
         try:
             for variant, sample in todo:
-                record = self._run_one(chains[variant.name][0], variant, sample)
-                self.results.append(record)
+                record = self._run_one(chains[variant.name], variant, sample)
+                record.sample_index = index[sample.id]
+                self.results.put(record)
                 self._notify("on_record", record)
                 bar.update(1)
                 bar.set_postfix_str(variant.name, refresh=False)
@@ -206,7 +217,7 @@ class WorkflowRunner:
         finally:
             bar.close()
         run.finished_at = time.time()
-        wanted = {s.id for s in samples}
+        self._write_run_file(run)
         all_records = [r for r in self.results.read() if r.sample_id in wanted]
         artifacts = [self.results.path, self.run_dir / RUN_FILE]
         if self.finisher is not None:
@@ -235,28 +246,46 @@ class WorkflowRunner:
             return variant
         return dataclasses.replace(variant, tokenizer_families=tuple(families()))
 
-    def _run_one(self, chain: Any, variant: VariantSpec, sample: Sample) -> SampleRecord:
+    def _run_one(self, chain_and_llm: tuple[Any, Any], variant: VariantSpec, sample: Sample) -> SampleRecord:
         from chared_flows.integrations.langchain import GenerationInfoCollector
 
+        chain, llm = chain_and_llm
         record = self._blank_record(variant, sample)
         collector = GenerationInfoCollector()
         started = time.perf_counter()
         try:
+            record.prompt = self.workflow.template.render(sample.inputs)
             result = chain.invoke(sample.inputs, config={"callbacks": [collector], "run_name": variant.name})
         except CharedError as exc:  # a user-visible problem with this sample: keep it, go on
             record.error = f"{type(exc).__name__}: {exc}"
             record.latency_s = time.perf_counter() - started
+            record.timestamp = time.time()
             return record
         record.latency_s = time.perf_counter() - started
+        record.timestamp = time.time()  # the end of the call: it ran from timestamp - latency_s
         record.output, record.parsed = result["output"], result["parsed"]
         info = collector.info
         record.finish_reason = str(info.get("finish_reason", ""))
         record.forward_passes = int(info.get("total_forward_passes", 0))
+        record.generation = generation_summary(info)
         decode_s = float(info.get("wall_time_s") or record.latency_s)
         record.chars_per_s = len(record.output) / decode_s if decode_s > 0 else 0.0
-        for scorer in self.workflow.scorers:
-            record.scores.update(scorer.score(sample, record.output, record.parsed))
+        try:
+            for scorer in self.workflow.scorers:
+                record.scores.update(self._score(scorer, llm, variant, sample, record))
+        except CharedError as exc:  # e.g. a text too long to score: keep the record, mark it
+            record.error = f"scorer: {type(exc).__name__}: {exc}"
         return record
+
+    @staticmethod
+    def _score(scorer: Any, llm: Any, variant: VariantSpec, sample: Sample, record: SampleRecord) -> dict[str, float]:
+        """A scorer's numbers; one that reads the model (bits per character) gets the variant's members."""
+        if not getattr(scorer, "needs_model", False):
+            return scorer.score(sample, record.output, record.parsed)
+        members = getattr(llm, "loaded_members", None)
+        if members is None:
+            raise WorkflowError(f"scorer {scorer.name!r} needs a CharED model; variant {variant.name!r} has none")
+        return scorer.score_model(sample, lambda mode: scoring_ensemble(members(), variant, mode))
 
     def _blank_record(self, variant: VariantSpec, sample: Sample) -> SampleRecord:
         return SampleRecord(
@@ -284,6 +313,44 @@ class WorkflowRunner:
     def _notify(self, hook: str, *args: Any) -> None:
         for sink in self.sinks:
             getattr(sink, hook)(*args)
+
+    def _notify_optional(self, hook: str, *args: Any) -> None:
+        """Call a hook on the sinks that have it; used while unwinding, so it never raises."""
+        for sink in self.sinks:
+            method = getattr(sink, hook, None)
+            if method is not None:
+                try:
+                    method(*args)
+                except Exception:  # noqa: BLE001 - the original exception is what the caller sees
+                    pass
+
+
+def scoring_ensemble(members: list[Any], variant: VariantSpec, mode: str) -> Any:
+    """The variant's members, weights and rule as an Ensemble in `mode` (scoring: "exact" by default).
+
+    `mode="variant"` keeps the variant's own mode. Beam settings come from the variant's
+    decoding parameters when it sets them.
+    """
+    from chared_flows.decoding import Ensemble
+
+    options = {k: variant.decoding[k] for k in ("beam_width", "prune_threshold") if k in variant.decoding}
+    raw = [m.with_chat(False) for m in members]  # the text is scored as it is, not as a chat turn
+    return Ensemble(raw, weights=variant.weights, mode=variant.mode if mode == "variant" else mode,
+                    rule=variant.rule, **options)
+
+
+def generation_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """What a tracker needs about one generation: rounds and per-member token counts."""
+    keys = ("rounds", "chars", "wall_time_s", "forward_passes", "prompt_tokens", "output_tokens", "tokens_fed")
+    return {k: info[k] for k in keys if k in info}
+
+
+def dataset_hash(samples: list[Sample]) -> str:
+    """A content hash of the samples a run covers: ids, inputs, references and domains, in order."""
+    canonical = json.dumps(
+        [[s.id, s.inputs, s.reference, s.domain] for s in samples], sort_keys=True, default=str, separators=(",", ":")
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def summarize(records: list[SampleRecord]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ try:
     from langchain_core.language_models import BaseChatModel, BaseLLM
     from langchain_core.language_models.base import LangSmithParams
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+    from langchain_core.messages.ai import UsageMetadata
     from langchain_core.outputs import (
         ChatGeneration,
         ChatGenerationChunk,
@@ -43,7 +44,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("langchain_core", "langchain") from exc
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from chared_flows.decoding.config import CALL_FIELDS, MAX_NEW_CHARS, DecodeConfig, DecodeFields
 
@@ -131,6 +132,19 @@ class CharEDParams(DecodeFields):
         """Each member's tokenizer family, e.g. ["byte_bpe", "sentencepiece_byte_fallback"] (loads them)."""
         return [str(m.family) for m in self._members()]
 
+    def loaded_members(self) -> list[Any]:
+        """The Member objects this model decodes with (loads them on first use)."""
+        return self._members()
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` under the first member's own tokenizer (loads the members).
+
+        subtle: LangChain's default counts with GPT-2's tokenizer, which it downloads from
+        the hub; offline that gives 0. An ensemble has one tokenization per member; the
+        first member's is the one counted here (`usage_metadata` reports every member's).
+        """
+        return list(self._members()[0].encode(text, add_special_tokens=False))
+
     def _members(self) -> list[Any]:
         if self.preloaded_members is not None:
             if self.chat is None:
@@ -162,6 +176,31 @@ def generation_info(result: Any) -> dict[str, Any]:
         "wall_time_s": stats.wall_time_s,
         "forward_passes": dict(stats.forward_passes),
         "total_forward_passes": stats.total_forward_passes,
+        # Per member: each reads the prompt and the output in its own tokenization.
+        "prompt_tokens": dict(getattr(stats, "prompt_tokens", {}) or {}),
+        "output_tokens": dict(getattr(stats, "output_tokens", {}) or {}),
+        "tokens_fed": dict(getattr(stats, "tokens_fed", {}) or {}),
+    }
+
+
+def usage_metadata(info: dict[str, Any]) -> UsageMetadata:
+    """LangChain's token usage for one call: every member's tokens, summed.
+
+    Each member reads the prompt and writes the output in its own tokenization, so the
+    ensemble's cost is the sum over members; the per-member counts go into
+    `response_metadata["token_usage"]`.
+    """
+    inputs = sum(int(v) for v in (info.get("prompt_tokens") or {}).values())
+    outputs = sum(int(v) for v in (info.get("output_tokens") or {}).values())
+    return UsageMetadata(input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs)
+
+
+def token_usage(info: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """member name -> {"input_tokens", "output_tokens"}, for response_metadata."""
+    prompt, output = info.get("prompt_tokens") or {}, info.get("output_tokens") or {}
+    return {
+        name: {"input_tokens": int(prompt.get(name, 0)), "output_tokens": int(output.get(name, 0))}
+        for name in dict.fromkeys([*prompt, *output])
     }
 
 
@@ -307,6 +346,10 @@ class ChatCharED(CharEDParams, BaseChatModel):
     max_new_chars: int = Field(default=256, ge=1, le=MAX_NEW_CHARS, strict=True, alias="max_tokens")
     timeout: float | None = Field(default=None, gt=0, description="seconds; decoding stops there (finish_reason 'timeout')")
     max_retries: int = Field(default=0, ge=0, description="accepted for compatibility: local decoding has nothing to retry")
+    # subtle: accepted and ignored, like max_retries: LangChain's standard chat-model tests (and
+    # code written for hosted models) pass an API key to every model; local decoding needs none.
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False,
+                                      description="accepted for compatibility and ignored: local decoding needs no key")
     streaming: bool = False
 
     def as_llm(self) -> CharEDLLM:
@@ -354,8 +397,14 @@ class ChatCharED(CharEDParams, BaseChatModel):
         for piece, piece_info in self._chunks(messages, stop, kwargs):
             text.append(piece)
             info = piece_info or info
-        message = AIMessage(content="".join(text), response_metadata={"model_name": "+".join(self.member_names()), **info})
+        message = AIMessage(
+            content="".join(text), response_metadata=self._response_metadata(info),
+            usage_metadata=usage_metadata(info),
+        )
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+    def _response_metadata(self, info: dict[str, Any]) -> dict[str, Any]:
+        return {"model_name": "+".join(self.member_names()), **info, "token_usage": token_usage(info)}
 
     def _stream(
         self,
@@ -365,8 +414,13 @@ class ChatCharED(CharEDParams, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         for text, info in self._chunks(messages, stop, kwargs):
-            metadata = {} if info is None else {"model_name": "+".join(self.member_names()), **info}
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=metadata))
+            # Only the last chunk carries usage and model name: chunks are summed when joined.
+            if info is None:
+                message = AIMessageChunk(content=text)
+            else:
+                message = AIMessageChunk(content=text, response_metadata=self._response_metadata(info),
+                                         usage_metadata=usage_metadata(info))
+            chunk = ChatGenerationChunk(message=message)
             if run_manager is not None and text:
                 run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk

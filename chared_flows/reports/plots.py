@@ -42,7 +42,7 @@ def score_vs_weight(ab: dict[str, Any], variants: list[VariantSpec], metric: str
     ax.set_ylabel(metric)
     ax.set_xlim(-0.05, 1.05)
     ax.legend(fontsize=8)
-    ax.set_title(f"{metric} vs ensemble weight (95% bootstrap CI)")
+    ax.set_title(f"{metric} vs ensemble weight (95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

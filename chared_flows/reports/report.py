@@ -23,24 +23,64 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+_CI_NAMES = {"exact": "exact binomial", "t": "t", "": "n < 2"}
+
+
+def _direction(ab: dict[str, Any], metric: str) -> str:
+    return "lower is better" if metric in ab.get("lower_is_better", []) else "higher is better"
+
+
 def tables(ab: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) for every metric: variant means, then ensemble-vs-single tests."""
+    """(title, header, rows) for every metric: variant means, by domain, then ensemble-vs-single tests."""
     out = []
     for metric in ab["metrics"]:
+        direction = _direction(ab, metric)
         rows = [
-            [s["variant"], str(s["n"]), _fmt(s["mean"]), f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"]
+            [s["variant"], str(s["n"]), _fmt(s["mean"]), f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]",
+             _CI_NAMES.get(s.get("ci_method", ""), s.get("ci_method", ""))]
             for s in ab["variants"] if s["metric"] == metric
         ]
-        out.append((f"{metric}: per variant", ["variant", "n", "mean", "95% CI"], rows))
+        out.append((f"{metric}: per variant ({direction})", ["variant", "n", "mean", "95% CI", "CI method"], rows))
+        domain_table = _domain_table(ab, metric)
+        if domain_table is not None:
+            out.append(domain_table)
         pairs = [
             [c["ensemble"], c["single"], str(c["n"]), _fmt(c["diff"]),
-             f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]", _fmt(c["p_permutation"]), _fmt(c["p_mcnemar"])]
+             f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]", f"{c.get('wins', '-')}/{c.get('losses', '-')}",
+             _fmt(c["p_permutation"]), _fmt(c.get("p_sign")), _fmt(c["p_mcnemar"])]
             for c in ab["comparisons"] if c["metric"] == metric
         ]
         if pairs:
-            header = ["ensemble", "vs single", "n pairs", "mean diff", "95% paired CI", "p (sign-flip)", "p (McNemar)"]
-            out.append((f"{metric}: ensemble minus single", header, pairs))
+            header = ["ensemble", "vs single", "n pairs", "mean diff", "95% paired bootstrap CI", "higher/lower",
+                      "p (sign-flip)", "p (sign test)", "p (McNemar)"]
+            out.append((f"{metric}: ensemble minus single ({direction})", header, pairs))
     return out
+
+
+def _domain_table(ab: dict[str, Any], metric: str) -> tuple[str, list[str], list[list[str]]] | None:
+    """Per domain: each variant's mean, and the best ensemble against the best single model."""
+    stats = [d for d in ab.get("domains", []) if d["metric"] == metric]
+    if not stats:
+        return None
+    singles = {c["single"] for c in ab["comparisons"]}
+    ensembles = {c["ensemble"] for c in ab["comparisons"]}
+    variants = list(dict.fromkeys(d["variant"] for d in stats))
+    lower = metric in ab.get("lower_is_better", [])
+    pick = min if lower else max
+    rows = []
+    for domain in dict.fromkeys(d["domain"] for d in stats):
+        means = {d["variant"]: d["mean"] for d in stats if d["domain"] == domain}
+        row = [domain] + [_fmt(means.get(v)) for v in variants]
+        best_single = pick((means[v], v) for v in means if v in singles) if singles & set(means) else None
+        best_ens = pick((means[v], v) for v in means if v in ensembles) if ensembles & set(means) else None
+        if best_single and best_ens and best_single[0]:
+            change = (best_ens[0] - best_single[0]) / abs(best_single[0])
+            row.append(f"{best_ens[1]} vs {best_single[1]}: {change:+.1%}")
+        else:
+            row.append("-")
+        rows.append(row)
+    header = ["domain", *variants, "best ensemble vs best single"]
+    return f"{metric}: by domain (mean; {'lower' if lower else 'higher'} is better)", header, rows
 
 
 def _markdown(run: RunRecord, ab: dict[str, Any], plots: list[Path]) -> str:

@@ -11,6 +11,14 @@ Delivery is at-least-once: if a server stores a request but its answer never
 arrives (hung, killed), the item is sent again later. The key travels with the
 item (PromptLayer: in the request metadata) so the receiver can drop repeats.
 Nothing secret may be put into an item: the API key stays in the environment.
+
+One row per key, holding the *latest* version: putting a different payload under a
+known key (a retried pair whose first attempt errored) replaces the row and bumps its
+version, so the error version is never sent after the success. If the old version was
+already sent, the new one is sent too (the receiver learns which request it supersedes
+from the row's kept answer); if the old version is in flight, that sender's `complete`
+does not mark the new version done. An item's answer (an id the receiver returned:
+a request id, a template version, a group id) is kept for items that depend on it.
 """
 
 from __future__ import annotations
@@ -33,9 +41,13 @@ CREATE TABLE IF NOT EXISTS items (
     last_error TEXT NOT NULL DEFAULT '',
     lease_until REAL NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    answer TEXT NOT NULL DEFAULT ''
 )
 """
+# Columns added after the first release; older outbox files get them on open.
+_ADDED_COLUMNS = {"version": "INTEGER NOT NULL DEFAULT 1", "answer": "TEXT NOT NULL DEFAULT ''"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,8 @@ class Item:
     kind: str
     payload: dict[str, Any]
     attempts: int
+    version: int = 1
+    answer: str = ""  # the previous version's answer, if one was sent
 
 
 def default_outbox_path(root: Path | None = None, name: str = "promptlayer") -> Path:
@@ -59,6 +73,10 @@ class Outbox:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+            for column, declaration in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE items ADD COLUMN {column} {declaration}")
         finally:
             db.close()
 
@@ -80,14 +98,28 @@ class Outbox:
             db.close()
 
     def put(self, key: str, kind: str, payload: dict[str, Any]) -> bool:
-        """Store an item; False if the key was already there (then nothing changes)."""
+        """Store an item, or replace a different payload under the same key; False if nothing changed.
+
+        A replaced item becomes pending again with the next version, whatever its status.
+        """
         now = time.time()
+        text = json.dumps(payload, sort_keys=True)
         with self._db() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO items (key, kind, payload, created, updated) VALUES (?, ?, ?, ?, ?)",
-                (key, kind, json.dumps(payload, sort_keys=True), now, now),
+            row = db.execute("SELECT payload FROM items WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO items (key, kind, payload, created, updated) VALUES (?, ?, ?, ?, ?)",
+                    (key, kind, text, now, now),
+                )
+                return True
+            if row[0] == text:
+                return False
+            db.execute(
+                "UPDATE items SET kind = ?, payload = ?, version = version + 1, status = 'pending', "
+                "attempts = 0, last_error = '', updated = ? WHERE key = ?",
+                (kind, text, now, key),
             )
-            return cur.rowcount == 1
+            return True
 
     def claim(self, key: str, lease_s: float) -> Item | None:
         """Take a pending item whose lease has expired; None if done, dead or leased."""
@@ -100,20 +132,34 @@ class Outbox:
             )
             if cur.rowcount != 1:
                 return None
-            kind, payload, attempts = db.execute(
-                "SELECT kind, payload, attempts FROM items WHERE key = ?", (key,)
+            kind, payload, attempts, version, answer = db.execute(
+                "SELECT kind, payload, attempts, version, answer FROM items WHERE key = ?", (key,)
             ).fetchone()
-        return Item(key, kind, json.loads(payload), attempts)
+        return Item(key, kind, json.loads(payload), attempts, version, answer)
 
-    def complete(self, key: str, followups: list[tuple[str, str, dict[str, Any]]] = ()) -> None:
-        """Mark an item done and add the items that depend on its answer, atomically."""
+    def complete(
+        self,
+        key: str,
+        followups: list[tuple[str, str, dict[str, Any]]] = (),
+        *,
+        answer: str = "",
+        version: int | None = None,
+    ) -> None:
+        """Mark an item done (keeping the receiver's answer) and add its followups, atomically.
+
+        With `version`, only that version is marked done: if the payload was replaced while
+        it was in flight, the item just leaves its lease and stays pending for the new one.
+        """
         now = time.time()
         with self._db() as db:
-            db.execute(
+            done = db.execute(
                 "UPDATE items SET status = 'done', attempts = attempts + 1, lease_until = 0, "
-                "last_error = '', updated = ? WHERE key = ?",
-                (now, key),
-            )
+                "last_error = '', answer = ?, updated = ? WHERE key = ? AND (? IS NULL OR version = ?)",
+                (str(answer), now, key, version, version),
+            ).rowcount
+            if not done:
+                db.execute("UPDATE items SET lease_until = 0, answer = ?, updated = ? WHERE key = ?",
+                           (str(answer), now, key))
             for f_key, f_kind, f_payload in followups:
                 db.execute(
                     "INSERT OR IGNORE INTO items (key, kind, payload, created, updated) VALUES (?, ?, ?, ?, ?)",
@@ -129,6 +175,12 @@ class Outbox:
                 (error[:2000], permanent, time.time(), key),
             )
 
+    def answer(self, key: str) -> str:
+        """What the receiver answered for a sent item ('' if not sent yet)."""
+        with self._db() as db:
+            row = db.execute("SELECT answer FROM items WHERE key = ? AND status = 'done'", (key,)).fetchone()
+        return row[0] if row else ""
+
     def keys(self, status: str = "pending") -> list[str]:
         with self._db() as db:
             rows = db.execute(
@@ -136,9 +188,12 @@ class Outbox:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, kind: str | None = None) -> dict[str, int]:
+        """Items per status, of one kind (e.g. "log") or of all."""
         with self._db() as db:
-            rows = db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()
+            rows = db.execute(
+                "SELECT status, COUNT(*) FROM items WHERE ? IS NULL OR kind = ? GROUP BY status", (kind, kind)
+            ).fetchall()
         return {"pending": 0, "done": 0, "dead": 0, **dict(rows)}
 
     def errors(self) -> dict[str, str]:

@@ -26,7 +26,7 @@ from chared_flows.decoding.backends.specs import gguf_path  # noqa: E402
 from chared_flows.decoding.backends.topk import TopKBackend  # noqa: E402
 from chared_flows.decoding.models import default_cache_dir  # noqa: E402
 from chared_flows.errors import BackendError  # noqa: E402
-from tests.support.processes import free_port, server, stop  # noqa: E402
+from tests.support.servers import free_port, server, stop  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

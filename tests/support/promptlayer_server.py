@@ -8,6 +8,11 @@ stdlib only, 127.0.0.1 on an ephemeral port. Modes, switchable while running:
 
 `accepted` lists only what the server answered with a 2xx: that is what the
 client may consider delivered. `received` lists every request body it read.
+
+Besides requests and scores it keeps a prompt registry (`POST /rest/prompt-templates`
+publishes a version, numbered 1, 2, ... per name; `POST /prompt-templates/{name}` finds
+one by `version`, by `metadata_filters` or the latest, else 404) and groups
+(`POST /create-group` -> {"id"}, `POST /track-group` needs a known request and group).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ class FakePromptLayer:
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._next_id = 1000
+        self.templates: dict[str, list[dict[str, Any]]] = {}  # name -> versions, oldest first
+        self.requests: dict[int, dict[str, Any]] = {}  # request id -> log-request body
+        self.groups: dict[int, list[int]] = {}  # group id -> request ids
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -61,24 +69,69 @@ class FakePromptLayer:
     def accepted_scores(self) -> list[dict[str, Any]]:
         return [body for path, body in self.accepted if path == "/library-track-score"]
 
+    def template_text(self, name: str, version: int) -> str | None:
+        for found in self.templates.get(name, []):
+            if found["version"] == version:
+                return found["prompt_template"]["content"][0]["text"]
+        return None
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _find_template(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        versions = self.templates.get(name, [])
+        if body.get("version") is not None:
+            versions = [v for v in versions if v["version"] == int(body["version"])]
+        for key, value in (body.get("metadata_filters") or {}).items():
+            versions = [v for v in versions if (v.get("metadata") or {}).get(key) == value]
+        return versions[-1] if versions else None
+
     def _answer(self, path: str, method: str, body: dict[str, Any], headers) -> tuple[int, dict[str, Any]]:
         key = headers.get("X-API-KEY") or body.get("api_key")
         if key != self.api_key:
             return 401, {"success": False, "message": "Invalid API key"}
         if method == "POST" and path == "/log-request":
             with self._lock:
-                self._next_id += 1
-                return 201, {"id": self._next_id, "success": True}
+                request_id = self._new_id()
+                self.requests[request_id] = body
+                return 201, {"id": request_id, "success": True}
         if method == "POST" and path in ("/library-track-metadata", "/library-track-score"):
             if "request_id" not in body:
                 return 400, {"success": False, "message": "request_id is required"}
             return 200, {"success": True}
-        if re.fullmatch(r"/prompt-templates/[^/]+", path):
-            name = path.rsplit("/", 1)[1]
-            return 200, {"id": 1, "prompt_name": name, "version": 1,
-                         "prompt_template": {"type": "completion", "content": [{"type": "text", "text": "{q}"}]}}
+        if method == "POST" and path == "/create-group":
+            with self._lock:
+                group_id = self._new_id()
+                self.groups[group_id] = []
+            return 200, {"success": True, "id": group_id}
+        if method == "POST" and path == "/track-group":
+            with self._lock:
+                if body.get("group_id") not in self.groups or body.get("request_id") not in self.requests:
+                    return 400, {"success": False, "message": "unknown request_id or group_id"}
+                self.groups[body["group_id"]].append(body["request_id"])
+            return 200, {"success": True}
         if method == "POST" and path == "/rest/prompt-templates":
-            return 201, {"id": 1, "prompt_name": body.get("prompt_template", {}).get("prompt_name", "")}
+            template, version = body.get("prompt_template") or {}, body.get("prompt_version") or {}
+            name = template.get("prompt_name")
+            if not name or "prompt_template" not in version:
+                return 400, {"success": False, "message": "prompt_name and prompt_template are required"}
+            with self._lock:
+                versions = self.templates.setdefault(name, [])
+                stored = {
+                    "id": len(self.templates), "prompt_name": name, "version": len(versions) + 1,
+                    "prompt_template": version["prompt_template"], "metadata": version.get("metadata") or {},
+                    "commit_message": version.get("commit_message", ""), "tags": template.get("tags", []),
+                }
+                versions.append(stored)
+            return 201, {**stored, "version_number": stored["version"]}
+        if method == "POST" and re.fullmatch(r"/prompt-templates/[^/]+", path):
+            from urllib.parse import unquote
+
+            found = self._find_template(unquote(path.rsplit("/", 1)[1]), body)
+            if found is None:
+                return 404, {"success": False, "message": "prompt template not found"}
+            return 200, {**found, "llm_kwargs": None}
         return 404, {"success": False, "message": f"no route {method} {path}"}
 
     def _handler(self):

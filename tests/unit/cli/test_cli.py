@@ -199,12 +199,14 @@ def test_sync_sends_what_a_run_left_in_the_outbox(project, capsys, monkeypatch) 
     code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer")
     assert code == 0, err  # PromptLayer down: the run is not affected
     code, out, err = run_cli(capsys, "sync", "--timeout", "2")
-    assert code == 1 and "pending 4" in out and "still pending" in err
+    # 4 generations, the template and one group per sample wait in the outbox
+    assert code == 1 and "pending 7" in out and "still pending" in err
     with FakePromptLayer(api_key="pl-test-key") as server:
         monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
         code, out, err = run_cli(capsys, "sync")
         assert code == 0, err
-        assert out.startswith("sent 8,") and "pending 0" in out  # 4 logs, then their 4 scores
+        # the template, the 2 groups, 4 logs, then their 4 scores and 4 group links
+        assert out.startswith("sent 15,") and "pending 0" in out
         code, out, _ = run_cli(capsys, "sync")
         assert code == 0 and out.startswith("sent 0,")
         keys = sorted(body["metadata"]["chared_idempotency_key"] for body in server.accepted_logs())
@@ -229,3 +231,39 @@ def test_sync_without_an_api_key_is_a_user_error(project, capsys, monkeypatch) -
     monkeypatch.delenv("PROMPTLAYER_API_KEY", raising=False)
     code, _, err = run_cli(capsys, "sync")
     assert code == 2 and err.startswith("error: PROMPTLAYER_API_KEY is not set")
+
+
+def test_run_with_promptlayer_links_the_template_the_prompt_and_the_call_window(project, capsys, monkeypatch) -> None:
+    import time as clock
+
+    from tests.fixtures import tiny
+    from tests.support.promptlayer_server import FakePromptLayer
+
+    original = tiny.ScriptedRunner.next_logits
+
+    def slow(self, ids):
+        clock.sleep(0.01)  # each call lasts long enough for a shifted window to show
+        return original(self, ids)
+
+    monkeypatch.setattr(tiny.ScriptedRunner, "next_logits", slow)
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", "pl-test-key")
+    with FakePromptLayer(api_key="pl-test-key") as server:
+        monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
+        before = clock.time()
+        code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer")
+        after = clock.time()
+        assert code == 0, err
+        (published,) = server.templates["math_answer"]
+        logs = server.accepted_logs()
+    template = (project / "templates" / "math_answer" / "v1.yaml").read_text()
+    assert published["prompt_template"]["content"][0]["text"] in template.replace("\n  ", "\n")
+    assert published["prompt_template"]["input_variables"] == ["question"]
+    records = {(r["variant"], r["sample_id"]): r for r in map(json.loads, (project / "runs" / "p1" / "records.jsonl").open())}
+    for body in logs:
+        record = records[(body["model"], body["metadata"]["sample_id"])]
+        assert (body["prompt_name"], body["prompt_version_number"]) == ("math_answer", published["version"])
+        assert body["input"]["content"][0]["text"] == record["prompt"]
+        assert record["prompt"].endswith(f"Question: {record['inputs']['question']}\nAnswer:")
+        assert before <= body["request_start_time"] < body["request_end_time"] <= after
+        assert body["request_end_time"] - body["request_start_time"] == pytest.approx(record["latency_s"])
+    assert sorted(len(members) for members in server.groups.values()) == [2, 2]  # variants of each sample

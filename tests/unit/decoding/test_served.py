@@ -21,7 +21,7 @@ from chared_flows.decoding.backends.topk import TopKBackend
 from chared_flows.decoding.runner import TransformersBackend
 from chared_flows.errors import BackendError, ConfigError
 from tests.fixtures.tiny import PAD_ROWS, byte_level_tokenizer, tiny_member, tiny_model
-from tests.support.processes import free_port, standin
+from tests.support.servers import free_port, standin
 
 SEED = 2
 ROWS = len(byte_level_tokenizer()) + PAD_ROWS
@@ -169,7 +169,7 @@ def test_server_killed_mid_run_loses_nothing(tmp_path, reference):
         def killing(ids):
             calls[0] += 1
             if calls[0] == 4:
-                from tests.support.processes import stop
+                from tests.support.servers import stop
 
                 stop(proc)  # the server dies between two requests of the run
             return original(ids)

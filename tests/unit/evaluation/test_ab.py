@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chared_flows.evaluation.ab import bootstrap_mean_ci, compare, mcnemar_exact_p, sign_flip_p
+from chared_flows.evaluation.ab import (
+    binomial_ci,
+    bootstrap_mean_ci,
+    compare,
+    mcnemar_exact_p,
+    sign_flip_p,
+    sign_test_p,
+)
 from chared_flows.records import SampleRecord, VariantSpec
 
 VARIANTS = [
@@ -59,3 +66,49 @@ def test_compare_pairs_by_sample_and_tests_ensembles_against_singles():
     assert vs_a["n"] == 30 and vs_a["diff"] == pytest.approx(15 / 30)
     assert vs_a["ci_low"] > 0 and vs_a["p_permutation"] < 0.01 and vs_a["p_mcnemar"] < 0.001
     assert pairs[("ens", "a", "latency_s")]["p_mcnemar"] is None
+
+
+def test_zero_of_fifty_gets_an_exact_interval_not_a_zero_width_one():
+    records = [rec("a", f"s{i}", 0.0) for i in range(50)] + [rec("b", f"s{i}", float(i < 1)) for i in range(50)]
+    stats = {s["variant"]: s for s in compare(records, VARIANTS[:2], resamples=200).to_dict()["variants"]}
+    assert stats["a"]["mean"] == 0.0 and stats["a"]["ci_method"] == "exact"
+    assert (stats["a"]["ci_low"], round(stats["a"]["ci_high"], 4)) == (0.0, 0.0711)  # Clopper-Pearson
+    assert round(stats["b"]["ci_low"], 5) == 0.00051 and round(stats["b"]["ci_high"], 4) == 0.1065
+    assert binomial_ci(50, 50) == (pytest.approx(1 - 0.0711, abs=1e-4), 1.0)
+
+
+def test_continuous_metrics_get_a_t_interval_and_one_value_gets_none():
+    records = [rec("a", f"s{i}", v) for i, v in enumerate([0.4, 0.7, 1.1])] + [rec("b", "s0", 0.9)]
+    stats = {s["variant"]: s for s in compare(records, VARIANTS[:2], resamples=200).to_dict()["variants"]}
+    # mean 0.7333, sd 0.3512, t(2, .975) = 4.3027 -> half width 0.8724
+    assert stats["a"]["ci_method"] == "t"
+    assert stats["a"]["ci_low"] == pytest.approx(0.7333 - 0.8724, abs=1e-3)
+    assert stats["a"]["ci_high"] == pytest.approx(0.7333 + 0.8724, abs=1e-3)
+    assert np.isnan(stats["b"]["ci_low"]) and stats["b"]["ci_method"] == ""
+    counts = [rec("a", f"s{i}", 0.5, forward_passes=1) for i in range(3)]
+    passes = next(s for s in compare(counts, VARIANTS[:1], metrics=["forward_passes"]).to_dict()["variants"])
+    assert passes["ci_method"] == "t"  # a count that happens to be 1 everywhere is not a proportion
+
+
+def test_sign_test_and_mcnemar_agree_with_the_binomial_distribution():
+    # 9 wins, 1 loss: two-sided binomial p = 2 * (1 + 10) / 2**10
+    assert sign_test_p(np.array([1.0] * 9 + [-2.0] + [0.0] * 5)) == pytest.approx(22 / 1024)
+    a = np.array([1] * 9 + [0] + [1] * 3)
+    b = np.array([0] * 9 + [1] + [1] * 3)
+    assert mcnemar_exact_p(a, b) == pytest.approx(22 / 1024)
+    assert sign_test_p(np.zeros(4)) == 1.0
+
+
+def test_comparisons_count_wins_and_report_means_per_domain():
+    records = []
+    for i in range(6):
+        domain = "code" if i < 3 else "prose"
+        records += [rec("a", f"s{i}", 1.0 + i, domain=domain), rec("b", f"s{i}", 2.0 + i, domain=domain),
+                    rec("ens", f"s{i}", 0.5 + i, domain=domain)]
+    result = compare(records, VARIANTS, metrics=["exact_match"], resamples=200).to_dict()
+    vs_a = next(c for c in result["comparisons"] if c["single"] == "a")
+    assert (vs_a["wins"], vs_a["losses"]) == (0, 6) and vs_a["p_sign"] == pytest.approx(2 / 64)
+    code = {d["variant"]: d["mean"] for d in result["domains"] if d["domain"] == "code"}
+    assert code == {"a": 2.0, "b": 3.0, "ens": 1.5}
+    one_domain = compare([r for r in records if r.domain == "code"], VARIANTS, resamples=200).to_dict()
+    assert one_domain["domains"] == []

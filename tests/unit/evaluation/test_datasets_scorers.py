@@ -52,6 +52,7 @@ def test_text_chunks(tmp_path):
     (tmp_path / "wiki.txt").write_text("abcdefghij" * 3 + "😀")
     samples = load_dataset({"kind": "text", "path": str(tmp_path / "wiki.txt"), "chunk_chars": 10})
     assert [s.inputs["text"] for s in samples][-1] == "😀"
+    assert all(s.reference == s.inputs["text"] for s in samples)  # what bits_per_char scores
     assert len(samples) == 4 and samples[0].domain == "wiki"
 
 

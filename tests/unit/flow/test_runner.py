@@ -219,3 +219,176 @@ def test_a_resumed_run_replays_earlier_records_to_sinks_and_the_finisher_adds_ar
     assert kinds == ["start"] + ["record"] * 9 + ["end"]  # 4 replayed, 5 new
     _, summary, artifacts = sink.events[-1][1]
     assert summary["five"]["n"] == 3 and tmp_path / "report.md" in artifacts
+
+
+# --- records under faults ---------------------------------------------------------
+
+
+def lines_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "r1" / "records.jsonl").read_text().splitlines()]
+
+
+def test_a_torn_last_line_is_repaired_on_resume_and_nothing_is_lost(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    runner(workflow_store, out, limit=1).run_all()
+    with (out / "r1" / "records.jsonl").open("a") as handle:
+        handle.write('{"run_id": "r1", "sample_')  # killed mid-write
+    resumed = runner(workflow_store, out, limit=2).run_all()
+    assert len(resumed) == 3
+    rows = lines_of(out)  # every line parses: the fragment did not swallow the next record
+    assert sorted((r["sample_id"], r["variant"]) for r in rows) == sorted(
+        (s, v) for s in ("s1", "s2") for v in ("five", "pair-w0.25", "pair-w0.75"))
+    assert (out / "r1" / "records.jsonl.torn").read_text() == '{"run_id": "r1", "sample_\n'
+    assert len(runner(workflow_store, out).run_all()) == 3  # later resumes still work
+    assert len(lines_of(out)) == 9
+
+
+def test_a_complete_last_line_without_its_newline_is_kept(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    runner(workflow_store, out, limit=1).run_all()
+    path = out / "r1" / "records.jsonl"
+    path.write_text(path.read_text().rstrip("\n"))
+    assert runner(workflow_store, out, limit=1).run_all() == []
+    assert len(runner(workflow_store, out, limit=2).run_all()) == 3 and len(lines_of(out)) == 6
+
+
+def test_a_retried_pair_replaces_its_error_row(workflow_store, tmp_path) -> None:
+    def broken_factory(variant):
+        return CharEDLLM(preloaded_members=[scripted_member("x", name="m")], weights=[0.5, 0.5])
+
+    def run_with(factory):
+        return WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="r2",
+                              llm_factory=factory, progress=False, limit=1).run_all()
+
+    from chared_flows.flow.runner import ResultsFile, summarize
+
+    results = ResultsFile(tmp_path / "r2" / "records.jsonl")
+    for attempt in range(3):  # the pairs fail again on every resume: still one row each
+        assert all(r.error for r in run_with(broken_factory))
+        assert len(results.path.read_text().splitlines()) == 3, attempt
+        assert {v["n"] for v in summarize(results.read()).values()} == {1.0}
+    assert all(r.error is None for r in run_with(scripted_llm))
+    rows = [json.loads(line) for line in results.path.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["error"] is None for r in rows)
+    assert summarize(results.read())["five"] == {"n": 1.0, "errors": 0.0, "exact": 1.0,
+                                                 "latency_s": pytest.approx(rows[0]["latency_s"])}
+
+
+def test_a_second_runner_on_the_same_run_id_is_refused_while_the_first_runs(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    first = runner(workflow_store, out).run()
+    next(first)  # holds the run directory
+    with pytest.raises(WorkflowError, match=r"run 'r1' is in use by another process \(pid \d+\)"):
+        runner(workflow_store, out).run_all()
+    assert len(list(first)) == 8
+    assert len(lines_of(out)) == 9
+    assert runner(workflow_store, out).run_all() == []  # released at the end
+
+
+def test_records_keep_the_prompt_the_call_window_and_the_generation(workflow_store, tmp_path) -> None:
+    import time as clock
+
+    before = clock.time()
+    records = runner(workflow_store, tmp_path / "runs", limit=2).run_all()
+    first = records[0]
+    assert first.prompt == r"Q: 2+3\nA:"  # the fixture template is single-quoted YAML
+    assert before <= first.timestamp - first.latency_s <= first.timestamp <= clock.time()
+    assert [r.sample_index for r in records if r.variant == "five"] == [0, 1]
+    pair = next(r for r in records if r.variant == "pair-w0.25")
+    assert set(pair.generation["output_tokens"]) == {"says_five", "says_two"}
+    assert pair.generation["rounds"] >= 1 and all(v > 0 for v in pair.generation["prompt_tokens"].values())
+
+
+class AbortSink(RecordingSink):
+    def on_run_abort(self, run, status) -> None:
+        self.events.append(("abort", status))
+
+
+def test_sinks_hear_an_interrupted_or_failed_run(workflow_store, tmp_path) -> None:
+    sink = AbortSink()
+    partial = runner(workflow_store, tmp_path / "a", sinks=[sink]).run()
+    next(partial)
+    partial.close()
+    assert sink.events[-1] == ("abort", "KILLED")
+
+    class Boom(RecordingSink):
+        def on_record(self, record) -> None:
+            raise RuntimeError("sink broke")
+
+    failing = AbortSink()
+    with pytest.raises(RuntimeError, match="sink broke"):
+        runner(workflow_store, tmp_path / "b", sinks=[failing, Boom()]).run_all()
+    assert failing.events[-1] == ("abort", "FAILED")
+
+
+def test_run_json_says_when_a_pass_finished(workflow_store, tmp_path) -> None:
+    out = tmp_path / "runs"
+    partial = runner(workflow_store, out).run()
+    next(partial)
+    partial.close()
+    assert json.loads((out / "r1" / "run.json").read_text())["run"]["finished_at"] is None
+    runner(workflow_store, out, limit=2).run_all()
+    run = json.loads((out / "r1" / "run.json").read_text())["run"]
+    assert run["finished_at"] is not None and run["limit"] == 2 and run["n_samples"] == 2
+    assert run["dataset_hash"].startswith("sha256:")
+
+
+# --- bits per character -----------------------------------------------------------
+
+BPC_WORKFLOW = """\
+name: bpc
+version: 1
+template: ident@1
+dataset:
+  kind: inline
+  samples:
+    - {id: prose, inputs: {text: "The quick brown fox."}, reference: "The quick brown fox.", domain: prose}
+    - {id: code, inputs: {text: "def add(a, b):"}, reference: "def add(a, b):", domain: code}
+parser: text
+scorers: [bits_per_char]
+decoding: {max_new_chars: 1}
+variants:
+  - {name: bl, models: [bl]}
+  - {name: bf, models: [bf]}
+  - {name: both, models: [bl, bf], weights: [0.5, 0.5], rule: product}
+"""
+
+
+def test_bits_per_char_scores_the_reference_with_the_variants_ensemble_in_exact_mode(tmp_path) -> None:
+    from chared_flows.decoding import Ensemble
+    from tests.fixtures.tiny import tiny_member
+
+    members = {"bl": tiny_member("byte_level", seed=1, name="bl"), "bf": tiny_member("byte_fallback", seed=2, name="bf")}
+    (tmp_path / "templates" / "ident").mkdir(parents=True)
+    (tmp_path / "templates" / "ident" / "v1.yaml").write_text(
+        "name: ident\nversion: 1\ninput_variables: [text]\ntemplate: '{text}'\n")
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "bpc.yaml").write_text(BPC_WORKFLOW)
+    store = WorkflowStore(tmp_path / "workflows", TemplateStore(tmp_path / "templates"))
+
+    def factory(variant):
+        return CharEDLLM(preloaded_members=[members[m] for m in variant.members],
+                         weights=None if variant.weights is None else list(variant.weights),
+                         mode=variant.mode, rule=variant.rule, **variant.decoding)
+
+    records = WorkflowRunner(store.resolve("bpc"), out_dir=tmp_path / "runs", run_id="b1", llm_factory=factory,
+                             progress=False).run_all()
+    got = {(r.variant, r.sample_id): r.scores["bits_per_char"] for r in records}
+    assert len(got) == 6 and all(r.error is None for r in records)
+    text = "def add(a, b):"
+    want = Ensemble([members["bl"], members["bf"]], weights=[0.5, 0.5], mode="exact", rule="product").score("", text)
+    assert got[("both", "code")] == pytest.approx(want.bits_per_char, rel=1e-9)
+    alone = Ensemble([members["bf"]], mode="exact").score("", text).bits_per_char
+    assert got[("bf", "code")] == pytest.approx(alone, rel=1e-9)
+    assert got[("bl", "prose")] != got[("bf", "prose")]
+
+
+def test_bits_per_char_needs_a_text_reference(workflow_store, tmp_path) -> None:
+    from chared_flows.evaluation.scorers import BitsPerChar
+    from chared_flows.errors import ConfigError
+    from chared_flows.evaluation.base import Sample
+
+    with pytest.raises(ConfigError, match="sample 'x' has no reference text"):
+        BitsPerChar().text_of(Sample("x", {}, reference=5))
+    with pytest.raises(ConfigError, match="mode 'fast' is unknown"):
+        BitsPerChar(mode="fast")

@@ -70,6 +70,7 @@ class FakeEnsemble:
         stats = SimpleNamespace(
             wall_time_s=0.01, chars=len(text), forward_passes={m.name: 3 for m in self.members},
             tokens_fed={m.name: 9 for m in self.members}, total_forward_passes=3 * len(self.members),
+            prompt_tokens={m.name: 7 for m in self.members}, output_tokens={m.name: 4 for m in self.members},
         )
         return SimpleNamespace(text=text, finish_reason=reason, rounds=[text[:4], text[4:]], stats=stats)
 

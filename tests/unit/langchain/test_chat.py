@@ -25,15 +25,8 @@ class TestChatCharEDStandard(ChatModelUnitTests):
     def chat_model_params(self) -> dict:
         return {"models": ["smollm2", "gemma3-270m"], "weights": [0.5, 0.5]}
 
-    @property
-    def standard_chat_model_params(self) -> dict:
-        # CharED decodes local models: there is no API key to pass. (langchain-ollama's
-        # standard tests skip the API-key case for the same reason.) Every other standard
-        # parameter (temperature, max_tokens, timeout, stop, max_retries) is kept.
-        params = dict(super().standard_chat_model_params)
-        params.pop("api_key", None)
-        return params
-
+    # Property declarations, not overrides: the members are plain causal LMs with no tool
+    # calling and no structured-output mode.
     @property
     def has_tool_calling(self) -> bool:
         return False
@@ -111,3 +104,47 @@ def test_as_llm_keeps_every_parameter() -> None:
     assert isinstance(llm, CharEDLLM)
     assert llm._identifying_params == chat._identifying_params
     assert llm.chat is True
+
+
+def test_api_key_is_accepted_ignored_and_never_serialised(fake_engine) -> None:
+    chat = ChatCharED(models=["a"], api_key="sk-secret-123")
+    assert chat.invoke("hi").content
+    assert "sk-secret-123" not in repr(chat) and "sk-secret-123" not in str(chat.model_dump())
+    assert "api_key" not in chat._identifying_params
+
+
+def test_usage_metadata_sums_members_and_response_metadata_has_each(fake_engine) -> None:
+    chat = ChatCharED(models=["a", "b"], weights=[0.5, 0.5])
+    reply = chat.invoke("hi")
+    assert reply.usage_metadata == {"input_tokens": 2 * 7, "output_tokens": 2 * 4, "total_tokens": 22}
+    assert reply.response_metadata["token_usage"] == {
+        "a": {"input_tokens": 7, "output_tokens": 4}, "b": {"input_tokens": 7, "output_tokens": 4},
+    }
+    chunks = list(chat.stream("hi"))
+    assert [c.usage_metadata is not None for c in chunks].count(True) == 1  # summed when joined
+    joined = chunks[0]
+    for chunk in chunks[1:]:
+        joined = joined + chunk
+    assert joined.usage_metadata == reply.usage_metadata
+    assert joined.response_metadata["model_name"] == "a+b"
+
+
+def test_get_num_tokens_counts_with_the_first_members_tokenizer() -> None:
+    from tests.fixtures.tiny import byte_fallback_tokenizer
+
+    members = [scripted_member("x", name="m1", kind="byte_fallback"), scripted_member("x", name="m2")]
+    chat = ChatCharED(preloaded_members=members)
+    text = "The quick brown fox jumps over the lazy dog."
+    expected = len(byte_fallback_tokenizer()(text, add_special_tokens=False)["input_ids"])
+    assert chat.get_num_tokens(text) == expected > 0
+    assert CharEDLLM(preloaded_members=members).get_num_tokens(text) == expected
+
+
+def test_usage_metadata_on_the_real_engine_counts_each_members_tokens() -> None:
+    members = [scripted_member("Fine.", name="m1"), scripted_member("Fine.", name="m2", kind="byte_fallback")]
+    reply = ChatCharED(preloaded_members=members, weights=[0.5, 0.5], max_tokens=20).invoke("How are you?")
+    usage, per_member = reply.usage_metadata, reply.response_metadata["token_usage"]
+    assert set(per_member) == {"m1", "m2"}
+    assert all(v["input_tokens"] > 0 and v["output_tokens"] > 0 for v in per_member.values())
+    assert usage["input_tokens"] == sum(v["input_tokens"] for v in per_member.values())
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]

@@ -39,3 +39,8 @@ def test_report_files_and_contents(tmp_path):
     assert "| chared_0.5 | smol |" in md and "p (McNemar)" in md
     assert "![score_vs_weight_exact_match](score_vs_weight_exact_match.png)" in md
     assert "<table>" in (tmp_path / "report.html").read_text()
+    # bits per character: direction, per-domain means and the best ensemble against the best single
+    assert "## bits_per_char: per variant (lower is better)" in md
+    assert "## bits_per_char: by domain (mean; lower is better)" in md
+    assert "| code | 1.0000 | 1.1000 | 1.2000 | 1.3000 | 1.4000 | chared_0.25 vs smol: +20.0% |" in md
+    assert "| exact_match: per variant (higher is better)" not in md and "exact binomial" in md

@@ -38,14 +38,33 @@ class Broken(Recorder):
 def test_one_failing_tracker_does_not_stop_the_others(run_record, records, caplog):
     ok = Recorder()
     fan = FanOut([Broken(), ok])
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         fan.on_run_start(run_record)
         for r in records[:2]:
             fan.on_record(r)
         fan.on_run_end(run_record)
     assert ok.calls == ["start", "record", "record", ("end", {}, [])]
     assert fan.failures == [("broken", "on_record", "RuntimeError: backend exploded")] * 2
-    assert "tracker broken failed in on_record" in caplog.text
+    # one line per failing tracker, no traceback (a dead server must not print one per call)
+    assert caplog.text.count("tracker broken failed in on_record") == 1 and "Traceback" not in caplog.text
+    assert fan.failed() == {"broken": "RuntimeError: backend exploded (in on_record)"}
+    fan.on_run_abort(run_record, "KILLED")  # optional hook: trackers without it are skipped
+    assert len(fan.failures) == 2
+
+
+def test_an_interrupt_waits_until_the_tracker_call_is_done(run_record):
+    import os
+    import signal
+
+    class Writing(Recorder):
+        def on_run_start(self, run):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of a store write
+            self.calls.append("write finished")
+
+    tracker = Writing()
+    with pytest.raises(KeyboardInterrupt):
+        FanOut([tracker]).on_run_start(run_record)
+    assert tracker.calls == ["write finished"]
 
 
 def test_make_trackers_names_unknown_and_builds_known(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 
@@ -75,7 +76,7 @@ def test_server_down_keeps_everything_and_sync_sends_it_once(env, run_record, re
     tracker = PromptLayerTracker(env, base_url=closed_port_url(), call_timeout_s=5, flush_timeout_s=10)
     slowest = run_through(tracker, run_record, records)
     assert slowest < 0.5, "on_record must not wait for the network"
-    assert Outbox(default_outbox_path(env)).counts()["pending"] == len(records)
+    assert Outbox(default_outbox_path(env)).counts("log")["pending"] == len(records)
     with FakePromptLayer(api_key=KEY) as fake:
         result = sync_outbox(env, base_url=fake.url)
         assert result.pending == 0 and result.failed == 0
@@ -90,7 +91,7 @@ def test_500s_are_retried_later_not_lost(env, server, run_record, records, caplo
     with caplog.at_level(logging.WARNING):
         run_through(tracker, run_record, records)
     outbox = Outbox(default_outbox_path(env))
-    assert outbox.counts()["pending"] == len(records)
+    assert outbox.counts("log")["pending"] == len(records)
     assert any("boom" in err for err in outbox.errors().values())
     assert "not sent" in caplog.text
     server.set_mode("ok")
@@ -106,7 +107,7 @@ def test_hung_server_does_not_block_and_nothing_is_sent_twice(env, server, run_r
     assert slowest < 0.5
     assert time.perf_counter() - start < 3 + 1.0, "run end must be bounded by flush_timeout_s"
     outbox = Outbox(default_outbox_path(env))
-    assert outbox.counts()["pending"] == len(records)
+    assert outbox.counts("log")["pending"] == len(records)
     # While the first request is still hanging, its lease keeps sync away from it.
     first = f"{records[0].run_id}:{records[0].variant}:{records[0].sample_id}"
     result = sync_outbox(env, base_url=server.url, call_timeout_s=0.5)
@@ -140,7 +141,7 @@ def test_wrong_key_is_dropped_not_retried_forever(env, server, run_record, recor
     tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5, max_consecutive_failures=100)
     run_through(tracker, run_record, records[:2])
     outbox = Outbox(default_outbox_path(env))
-    assert outbox.counts()["dead"] == 2
+    assert outbox.counts("log")["dead"] == 2
     assert outbox.revive() == 2
     monkeypatch.setenv("PROMPTLAYER_API_KEY", KEY)
     assert sync_outbox(env, base_url=server.url).pending == 0
@@ -179,3 +180,73 @@ def test_api_key_is_never_written_anywhere(env, run_record, records, caplog):
     assert written, "expected an outbox on disk"
     for path in written:
         assert KEY.encode() not in path.read_bytes(), path
+
+
+TEMPLATE = ("gsm8k_cot", 3, "Question: {question}\nAnswer:")
+
+
+def test_templates_are_published_and_each_request_names_its_version(env, server, run_record, records):
+    tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5, prompts=[TEMPLATE])
+    run_through(tracker, run_record, records)
+    (published,) = server.templates["gsm8k_cot"]
+    assert published["prompt_template"]["input_variables"] == ["question"]
+    assert published["metadata"]["chared_version"] == "3"
+    logs = server.accepted_logs()
+    assert {(b["prompt_name"], b["prompt_version_number"]) for b in logs} == {("gsm8k_cot", published["version"])}
+    assert server.template_text("gsm8k_cot", logs[0]["prompt_version_number"]) == TEMPLATE[2]
+    # another run with the same template publishes nothing new; a changed text is a new version
+    run_through(PromptLayerTracker(env, base_url=server.url, call_timeout_s=5, prompts=[TEMPLATE]), run_record, records)
+    assert len(server.templates["gsm8k_cot"]) == 1
+    changed = ("gsm8k_cot", 4, "Q: {question}\nA:")
+    run_through(PromptLayerTracker(env, base_url=server.url, call_timeout_s=5, prompts=[changed]),
+                dataclasses.replace(run_record, template_version=4), [dataclasses.replace(records[0], template_version=4)])
+    assert [v["version"] for v in server.templates["gsm8k_cot"]] == [1, 2]
+    assert server.accepted_logs()[-1]["prompt_version_number"] == 2
+
+
+def test_requests_carry_the_rendered_prompt_the_call_window_and_tokens(env, server, run_record, records):
+    run_through(PromptLayerTracker(env, base_url=server.url, call_timeout_s=5), run_record, records)
+    record = next(r for r in records if r.variant == "chared_0.5" and r.sample_id == "s2")
+    body = next(b for b in server.accepted_logs()
+                if b["model"] == "chared_0.5" and b["metadata"]["sample_id"] == "s2")
+    assert body["input"]["content"][0]["text"] == record.prompt == "Question: What is 2+2?\nAnswer:"
+    assert body["request_end_time"] == record.timestamp  # the record's time is when the call ended
+    assert body["request_start_time"] == pytest.approx(record.timestamp - record.latency_s)
+    assert (body["input_tokens"], body["output_tokens"]) == (18, 14)  # both members' tokens
+
+
+def test_each_samples_variants_share_one_group(env, server, run_record, records):
+    run_through(PromptLayerTracker(env, base_url=server.url, call_timeout_s=5), run_record, records)
+    sample_of = {rid: body["metadata"]["sample_id"] for rid, body in server.requests.items()}
+    variant_of = {rid: body["model"] for rid, body in server.requests.items()}
+    assert len(server.groups) == 3
+    for members in server.groups.values():
+        assert len({sample_of[r] for r in members}) == 1
+        assert sorted(variant_of[r] for r in members) == ["chared_0.5", "gemma", "smollm2"]
+
+
+def test_a_retried_pair_keeps_one_final_version(env, run_record, records):
+    errored = dataclasses.replace(records[0], error="ModelLoadError: out of memory", output="", scores={})
+    # PromptLayer down while the pair errors, then the retry succeeds: only the success is ever sent
+    down = PromptLayerTracker(env, base_url=closed_port_url(), call_timeout_s=5, flush_timeout_s=10)
+    run_through(down, run_record, [errored])
+    run_through(down, run_record, [records[0]])
+    outbox = Outbox(default_outbox_path(env))
+    assert outbox.counts("log") == {"pending": 1, "done": 0, "dead": 0}
+    with FakePromptLayer(api_key=KEY) as fake:
+        sync_outbox(env, base_url=fake.url)
+        (body,) = fake.accepted_logs()
+        assert body["status"] == "SUCCESS" and body["metadata"]["chared_version"] == "2"
+        assert len(fake.accepted_scores()) == 1
+
+    # PromptLayer up: the error was sent, so the success is sent too and says what it supersedes
+    other = dataclasses.replace(records[1], error="ModelLoadError: out of memory", output="", scores={})
+    with FakePromptLayer(api_key=KEY) as fake:
+        up = PromptLayerTracker(env, base_url=fake.url, call_timeout_s=5)
+        run_through(up, run_record, [other])
+        run_through(up, run_record, [records[1]])
+        run_through(up, run_record, [records[1]])  # replayed on a later resume: nothing new
+        first, second = fake.accepted_logs()
+        assert (first["status"], second["status"]) == ("ERROR", "SUCCESS")
+        assert second["metadata"]["chared_supersedes"] == str(next(iter(fake.requests)))
+    assert outbox.counts("log") == {"pending": 0, "done": 2, "dead": 0}  # one row per pair

@@ -1,0 +1,87 @@
+"""Complete a tracker's side of a run later, from the run directory (`chared sync`).
+
+The records file is the source of truth; a tracker that was unreachable during the run
+(an MLflow server down or killed) is brought up to date by replaying the run through it:
+`on_run_start`, `on_record` for every record, then `on_run_end` if every pair of the last
+pass was done (run.json has `finished_at`), else `on_run_abort(run, "KILLED")`. Trackers
+make the replay idempotent (MLflow finds its runs again by the chared run id and logs only
+what is missing), so syncing twice, or syncing a run that was fine, changes nothing.
+
+`sync-pending.json` in a run directory names the trackers that failed during the run; the
+CLI writes it and `chared sync` without `--run-id` looks for it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from chared_flows.errors import WorkflowError
+from chared_flows.flow.results import ResultsFile, RunLock, write_atomically
+from chared_flows.flow.runner import RECORDS_FILE, RUN_FILE, summarize
+from chared_flows.records import RunRecord
+
+PENDING_FILE = "sync-pending.json"
+
+
+def mark_pending(run_dir: Path, trackers: list[str]) -> None:
+    """Remember that these trackers miss part of this run."""
+    path = Path(run_dir) / PENDING_FILE
+    before = read_pending(run_dir)
+    if path.parent.is_dir():
+        write_atomically(path, json.dumps({"trackers": sorted(set(before) | set(trackers))}) + "\n")
+
+
+def read_pending(run_dir: Path) -> list[str]:
+    path = Path(run_dir) / PENDING_FILE
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text(encoding="utf-8")).get("trackers", []))
+
+
+def clear_pending(run_dir: Path, tracker: str) -> None:
+    left = [name for name in read_pending(run_dir) if name != tracker]
+    path = Path(run_dir) / PENDING_FILE
+    if left:
+        write_atomically(path, json.dumps({"trackers": left}) + "\n")
+    elif path.is_file():
+        path.unlink()
+
+
+def pending_runs(out_dir: Path, tracker: str) -> list[Path]:
+    """Run directories under `out_dir` whose `tracker` side is incomplete."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    return sorted(p.parent for p in out_dir.glob(f"*/{PENDING_FILE}") if tracker in read_pending(p.parent))
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise WorkflowError(f"{run_dir} has no {RUN_FILE}; give the directory of a run (`--out` and `--run-id`)")
+    return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8"))["run"])
+
+
+def replay(run_dir: Path, tracker: Any) -> str:
+    """Replay one run directory through `tracker`; returns "finished" or "interrupted".
+
+    Holds the run's lock: a run still in progress is not synced under its feet.
+    """
+    run_dir = Path(run_dir)
+    with RunLock(run_dir):
+        run = load_run(run_dir)
+        records = ResultsFile(run_dir / RECORDS_FILE).read()
+        tracker.on_run_start(run)
+        for record in records:
+            tracker.on_record(record)
+        if run.finished_at is None:
+            tracker.on_run_abort(run, "KILLED")
+            return "interrupted"
+        artifacts = [run_dir / RECORDS_FILE, run_dir / RUN_FILE]
+        report = run_dir / "report"
+        if report.is_dir():
+            artifacts += sorted(p for p in report.iterdir() if p.is_file())
+        tracker.on_run_end(run, summarize(records), artifacts)
+        return "finished"
