@@ -52,14 +52,15 @@ def install() -> None:
     def load(spec, chat=False, **_):
         member = tiny.scripted_member(scripts[spec], name=spec)
         if spec in failing:
-            factory = member.assets.runner_factory
+            backend = member.assets.backend
+            new_runner = backend.new_runner
 
-            def failing_factory():
-                runner = factory()
+            def failing_runner():
+                runner = new_runner()
                 runner.fails = True
                 return runner
 
-            member.assets.runner_factory = failing_factory
+            backend.new_runner = failing_runner
         return member
 
     class Exact:

@@ -254,7 +254,7 @@ def test_a_complete_last_line_without_its_newline_is_kept(workflow_store, tmp_pa
 
 def test_a_retried_pair_replaces_its_error_row(workflow_store, tmp_path) -> None:
     def broken_factory(variant):
-        return CharEDLLM(preloaded_members=[scripted_member("x", name="m")], weights=[0.5, 0.5])
+        return CharEDLLM(preloaded_members=[tiny_window_member()])  # every prompt overflows its window
 
     def run_with(factory):
         return WorkflowRunner(workflow_store.resolve("demo"), out_dir=tmp_path, run_id="r2",
