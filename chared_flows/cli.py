@@ -191,6 +191,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="log to this tracker (repeatable); replaces the workflow's 'trackers' list")
     p.add_argument("--no-track", action="store_true", help="log to no tracker (results still go to --out)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, i.e. $OMP_NUM_THREADS)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="pairs decoding at once; their forward passes run batched (default 8; 1: one at a time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -247,7 +249,7 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
     runner = WorkflowRunner(
         resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit, sinks=[fanout],
         progress=not args.no_progress and sys.stderr.isatty(), dataset_overrides=overrides,
-        interleave=interleave, finisher=finisher,
+        interleave=interleave, finisher=finisher, batch_size=args.batch_size,
     )
     threads = set_threads(args.threads)
     print(

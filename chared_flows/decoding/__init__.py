@@ -2,7 +2,7 @@
 
 from chared_flows.decoding.backend import Backend, FactoryBackend, TokenRunner
 from chared_flows.decoding.config import DecodeConfig
-from chared_flows.decoding.decoder import Ensemble, GenerationResult, GenerationStats
+from chared_flows.decoding.decoder import CancelToken, Ensemble, GenerationResult, GenerationStats, cancellable
 from chared_flows.decoding.index import PrefixIndex
 from chared_flows.decoding.assets import MemberAssets
 from chared_flows.decoding.members import Member
@@ -14,10 +14,12 @@ __all__ = [
     "Backend",
     "FactoryBackend",
     "TokenRunner",
+    "cancellable",
     "TransformersBackend",
     "BYTE_LEVEL",
     "SENTENCEPIECE",
     "ByteVocabulary",
+    "CancelToken",
     "DecodeConfig",
     "Ensemble",
     "GenerationResult",

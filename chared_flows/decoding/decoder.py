@@ -17,7 +17,9 @@ chain rule), or whole characters from the nucleus when top_p < 1.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from chared_flows.decoding.search import SearchStats, Unit, best_unit, sample_un
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError
 
-FINISH_REASONS = ("stop", "eos", "length")
+FINISH_REASONS = ("stop", "eos", "length", "cancelled")
 DEFAULT_BATCH_SIZE = 8  # concurrent decodings of generate_batch (a batched forward of 8 costs ~0.2-0.3x per sequence)
 
 
@@ -194,6 +196,35 @@ class Ensemble:
         return call
 
 
+class CancelToken:
+    """Stops the decodings started under it (see `cancellable`) at their next step."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+_cancel_scope = threading.local()
+
+
+@contextlib.contextmanager
+def cancellable(token: CancelToken) -> Iterator[CancelToken]:
+    """Decodings started in this thread while inside stop once `token.cancel()` is called.
+
+    A caller running decodings in worker threads (the workflow runner) enters it in each
+    worker, so an interrupted run does not wait for every generation in flight to finish.
+    A cancelled generation ends with finish_reason "cancelled".
+    """
+    previous = getattr(_cancel_scope, "token", None)
+    _cancel_scope.token = token
+    try:
+        yield token
+    finally:
+        _cancel_scope.token = previous
+
+
 class StreamingGeneration:
     """Iterate for text chunks; afterwards `.result` is the full GenerationResult."""
 
@@ -305,6 +336,7 @@ class _Decoding:
         self.stats = GenerationStats(healed_bytes=len(self.forced))
         self.search = SearchStats()
         self.client = Client(s.scheduler for s in self.sessions if s is not None)
+        self.token: CancelToken | None = getattr(_cancel_scope, "token", None)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._started = time.perf_counter()
 
@@ -317,6 +349,9 @@ class _Decoding:
         step = self._exact_step if self.ens.mode == "exact" else self._round
         with bound_client(self.client):
             while self.finish is None:
+                if self.token is not None and self.token.cancelled:
+                    self.cancel()
+                    break
                 yield from step()
         self.stats.wall_time_s = time.perf_counter() - self._started
 

@@ -35,6 +35,7 @@ from chared_flows.flow.results import ResultsFile, RunLock, write_atomically
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec
 
 RECORDS_FILE = "records.jsonl"
+DEFAULT_BATCH_SIZE = 8  # pairs decoding at once (their forward passes are batched)
 RUN_FILE = "run.json"
 
 
@@ -76,6 +77,7 @@ class WorkflowRunner:
         dataset_overrides: dict[str, Any] | None = None,
         interleave: bool = False,
         finisher: Finisher | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ):
         """`dataset_overrides` replace keys of the workflow's dataset reference (e.g. a local
         `path`) without changing the workflow's identity; `interleave` runs every variant on
@@ -94,6 +96,9 @@ class WorkflowRunner:
         self.dataset_overrides = dict(dataset_overrides or {})
         self.interleave = interleave
         self.finisher = finisher
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise WorkflowError(f"batch size {batch_size!r} must be an integer >= 1 (1 runs one pair at a time)")
+        self.batch_size = batch_size
 
     @property
     def dataset_ref(self) -> dict[str, Any]:
@@ -206,8 +211,7 @@ class WorkflowRunner:
                 self._notify("on_record", record)
         bar = tqdm(total=len(todo), desc=self.run_id, unit="sample", disable=not self.progress, leave=False)
         try:
-            for variant, sample in todo:
-                record = self._run_one(chains[variant.name], variant, sample)
+            for (variant, sample), record in zip(todo, self._records(todo, chains)):
                 record.sample_index = index[sample.id]
                 self.results.put(record)
                 self._notify("on_record", record)
@@ -223,6 +227,50 @@ class WorkflowRunner:
         if self.finisher is not None:
             artifacts += self.finisher(run, all_records)
         self._notify("on_run_end", run, summarize(all_records), artifacts)
+
+    def _records(self, todo: list, chains: dict) -> Iterator[SampleRecord]:
+        """Each pair's record, in `todo` order; up to `batch_size` pairs decode at once.
+
+        Pairs in flight run in worker threads; their forward passes meet in the members'
+        schedulers and run as batched forwards (decoding/scheduler.py). Records are still
+        written one by one, in order, by the caller. Subtle: if the caller stops (Ctrl-C,
+        an error, a closed generator) the generations in flight are cancelled, not
+        waited for, and pairs not started are never started.
+        """
+        if self.batch_size == 1:
+            for variant, sample in todo:
+                yield self._run_one(chains[variant.name], variant, sample)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from chared_flows.decoding.decoder import CancelToken, cancellable
+
+        token = CancelToken()
+
+        def work(pair):
+            with cancellable(token):
+                return self._run_one(chains[pair[0].name], *pair)
+
+        pool = ThreadPoolExecutor(max_workers=self.batch_size, thread_name_prefix="chared-pair")
+        pending: list = []
+        pairs = iter(todo)
+        finished = False
+        try:
+            for pair in pairs:
+                pending.append(pool.submit(work, pair))
+                if len(pending) >= self.batch_size:
+                    break
+            while pending:
+                record = pending.pop(0).result()
+                for pair in pairs:  # keep the window full
+                    pending.append(pool.submit(work, pair))
+                    break
+                yield record
+            finished = True
+        finally:
+            if not finished:
+                token.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def run_all(self) -> list[SampleRecord]:
         return list(self.run())

@@ -250,15 +250,14 @@ class CharEDLLM(CharEDParams, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        generations = []
-        for prompt in prompts:
-            if run_manager is not None and run_manager.handlers:
-                # someone listens for tokens: decode through the stream so they see each chunk
-                text, info = self._collect(self._stream(prompt, stop, run_manager, **kwargs))
-            else:
-                result = self.ensemble().generate(prompt, **self.decode_kwargs(stop, kwargs))
-                text, info = result.text, generation_info(result)
-            generations.append([Generation(text=text, generation_info=info)])
+        if len(prompts) == 1 and run_manager is not None and run_manager.handlers:
+            # someone listens for tokens: decode through the stream so they see each chunk
+            text, info = self._collect(self._stream(prompts[0], stop, run_manager, **kwargs))
+            return LLMResult(generations=[[Generation(text=text, generation_info=info)]],
+                             llm_output={"model": self.member_names()})
+        # Several prompts (LangChain's `batch`): decoded together, their passes batched.
+        results = self.ensemble().generate_batch(prompts, **self.decode_kwargs(stop, kwargs))
+        generations = [[Generation(text=r.text, generation_info=generation_info(r))] for r in results]
         return LLMResult(generations=generations, llm_output={"model": self.member_names()})
 
     @staticmethod

@@ -377,9 +377,11 @@ def test_bits_per_char_scores_the_reference_with_the_variants_ensemble_in_exact_
     assert len(got) == 6 and all(r.error is None for r in records)
     text = "def add(a, b):"
     want = Ensemble([members["bl"], members["bf"]], weights=[0.5, 0.5], mode="exact", rule="product").score("", text)
-    assert got[("both", "code")] == pytest.approx(want.bits_per_char, rel=1e-9)
+    # rel 1e-6, not 1e-9: pairs run concurrently, so a scoring pass may share a batched forward
+    # with another pair's pass, and a float32 matrix product rounds differently in a batch.
+    assert got[("both", "code")] == pytest.approx(want.bits_per_char, rel=1e-6)
     alone = Ensemble([members["bf"]], mode="exact").score("", text).bits_per_char
-    assert got[("bf", "code")] == pytest.approx(alone, rel=1e-9)
+    assert got[("bf", "code")] == pytest.approx(alone, rel=1e-6)
     assert got[("bl", "prose")] != got[("bf", "prose")]
 
 
@@ -392,3 +394,24 @@ def test_bits_per_char_needs_a_text_reference(workflow_store, tmp_path) -> None:
         BitsPerChar().text_of(Sample("x", {}, reference=5))
     with pytest.raises(ConfigError, match="mode 'fast' is unknown"):
         BitsPerChar(mode="fast")
+
+
+def test_pairs_decode_together_and_records_come_in_order(workflow_store, tmp_path) -> None:
+    """batch_size 8 vs 1: the same records in the same order (scripted members are deterministic)."""
+    one = runner(workflow_store, tmp_path / "one", batch_size=1).run_all()
+    many = runner(workflow_store, tmp_path / "many", batch_size=8).run_all()
+    key = lambda r: (r.variant, r.sample_id, r.output, r.scores)  # noqa: E731
+    assert [key(r) for r in many] == [key(r) for r in one]
+
+
+def test_a_closed_run_cancels_the_generations_in_flight(workflow_store, tmp_path) -> None:
+    run = runner(workflow_store, tmp_path / "runs", batch_size=4).run()
+    next(run)
+    run.close()  # the caller stops: in-flight pairs are cancelled, none is written
+    assert len(lines_of(tmp_path / "runs")) == 1
+    assert len(runner(workflow_store, tmp_path / "runs").run_all()) == 3 * 3 - 1  # a resume does the rest
+
+
+def test_batch_size_must_be_positive(workflow_store, tmp_path) -> None:
+    with pytest.raises(WorkflowError, match="batch size 0 must be an integer >= 1"):
+        runner(workflow_store, tmp_path, batch_size=0)

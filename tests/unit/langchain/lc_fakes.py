@@ -77,6 +77,9 @@ class FakeEnsemble:
     def generate(self, prompt, max_new_chars=256, temperature=0.0, top_p=1.0, seed=None, stop=None):
         return self._result(*self._decide(prompt, max_new_chars, temperature, top_p, seed, stop))
 
+    def generate_batch(self, prompts, **kwargs):
+        return [self.generate(p, **kwargs) for p in prompts]
+
     def start_stream(self, prompt, max_new_chars=256, temperature=0.0, top_p=1.0, seed=None, stop=None):
         text, reason = self._decide(prompt, max_new_chars, temperature, top_p, seed, stop)
         ensemble = self

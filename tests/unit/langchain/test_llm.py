@@ -233,3 +233,18 @@ def test_real_engine_stream_equals_invoke_and_never_shows_the_stop_string() -> N
     assert "".join(collector.tokens) == "The answer is 5."
     info = llm.generate(["x"]).generations[0][0].generation_info
     assert info["finish_reason"] == "stop" and info["forward_passes"] == {"s": info["total_forward_passes"]}
+
+
+def test_batch_decodes_the_prompts_together_with_the_same_texts() -> None:
+    """LangChain's batch -> one generate_batch: the members' passes run batched, texts as invoke's."""
+    from chared_flows.decoding.scheduler import scheduler_for
+    from tests.fixtures.tiny import tiny_member
+
+    members = [tiny_member("byte_level", 0), tiny_member("byte_fallback", 1)]
+    llm = CharEDLLM(preloaded_members=members, max_new_chars=12, mode="chared")
+    prompts = ["Tom has", "def add(a, b):", "Café", "Question: 12 + 30?"]
+    alone = [llm.invoke(p) for p in prompts]
+    scheduler = scheduler_for(members[0].assets.backend)
+    batches, passes = scheduler.batches, scheduler.passes
+    assert llm.batch(prompts) == alone
+    assert scheduler.batches - batches < scheduler.passes - passes  # some passes shared a forward
