@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import time
@@ -96,24 +97,34 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     smol, gemma = Member.load("smollm2"), Member.load("gemma3-270m")
     configs = {"smollm2": ([smol], None), "gemma3-270m": ([gemma], None), "chared-0.5": ([smol, gemma], [0.5, 0.5])}
-    prompts = [(d, p, False) for d, p in RAW] + [(d, p, True) for d, p in TEMPLATED]
-    rows = []
-    for domain, prompt, chat in prompts[: args.limit]:
-        members_chat = {n: [m.with_chat(chat) for m in ms] for n, (ms, _) in configs.items()}
-        own = {m.name: hf_greedy(m.with_chat(chat), prompt, args.chars) for m in (smol, gemma)}
-        row = {"domain": domain, "prompt": prompt, "own": own, "outputs": {}, "bpc": {}, "seconds": {}}
-        for name, (_, weights) in configs.items():
-            members = members_chat[name]
-            scorer = Ensemble(members, weights=weights, mode="exact")
-            for mode in ("chared", "exact"):
-                start = time.perf_counter()
-                text = Ensemble(members, weights=weights, mode=mode).generate(prompt, max_new_chars=args.chars).text
-                row["seconds"][f"{name}/{mode}"] = time.perf_counter() - start
-                row["outputs"][f"{name}/{mode}"] = text
-                row["bpc"][f"{name}/{mode}"] = scorer.score(prompt, text).bits_per_char if text else None
-        rows.append(row)
-        print(json.dumps({"prompt": prompt, "outputs": row["outputs"]}, ensure_ascii=False), flush=True)
-    return {"rows": rows, "threads": args.threads, "chars": args.chars}
+    prompts = ([(d, p, False) for d, p in RAW] + [(d, p, True) for d, p in TEMPLATED])[: args.limit]
+    rows = [{"domain": d, "prompt": p, "chat": chat, "own": {}, "outputs": {}, "bpc": {}} for d, p, chat in prompts]
+    for row in rows:
+        row["own"] = {m.name: hf_greedy(m.with_chat(row["chat"]), row["prompt"], args.chars) for m in (smol, gemma)}
+    seconds = {}
+    for name, (members, weights) in configs.items():
+        for mode in ("chared", "exact"):
+            start = time.perf_counter()
+            for chat in (False, True):  # chat prompts: members render them with their own templates
+                group = [r for r in rows if r["chat"] == chat]
+                ens = Ensemble([m.with_chat(chat) for m in members], weights=weights, mode=mode)
+                results = ens.generate_batch([r["prompt"] for r in group], max_new_chars=args.chars)
+                for r, result in zip(group, results):
+                    r["outputs"][f"{name}/{mode}"] = result.text
+            seconds[f"{name}/{mode}"] = time.perf_counter() - start
+            print(f"{name}/{mode}: {seconds[f'{name}/{mode}']:.0f} s", flush=True)
+    jobs = [(r, name, key) for r in rows for name in configs for key in r["outputs"] if key.startswith(name + "/")]
+
+    def score(job):
+        row, name, key = job
+        members, weights = configs[name]
+        text = row["outputs"][key]
+        scorer = Ensemble([m.with_chat(row["chat"]) for m in members], weights=weights, mode="exact")
+        row["bpc"][key] = scorer.score(row["prompt"], text).bits_per_char if text else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent scorings share batched passes
+        list(pool.map(score, jobs))
+    return {"rows": rows, "threads": args.threads, "chars": args.chars, "seconds": seconds}
 
 
 def summarise(result: dict) -> str:

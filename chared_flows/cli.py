@@ -156,6 +156,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated member specs: an alias (smollm2, gemma3-270m), a HF model "
                         "directory, a .gguf file or a hub id (default: smollm2,gemma3-270m)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in each member's chat template")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N, mps or auto (default cpu)")
     add_decoding_options(p)
     p.set_defaults(handler=cmd_generate)
 
@@ -168,7 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if config.weights is not None and len(config.weights) != len(specs):
         raise ConfigError(f"--weights has {len(config.weights)} values for {len(specs)} models ({', '.join(specs)})")
     prompt = read_prompt(args.prompt)
-    members = [Member.load(spec, chat=args.chat) for spec in specs]
+    members = [Member.load(spec, chat=args.chat, device=args.device) for spec in specs]
     streaming = Ensemble(members, config).start_stream(prompt)
     for chunk in streaming:  # the engine never streams a matched stop string
         sys.stdout.write(chunk)

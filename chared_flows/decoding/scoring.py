@@ -24,6 +24,7 @@ models. Neither mode counts EOS after the continuation (prefix probability).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -34,6 +35,7 @@ from chared_flows.decoding.exact import ExactBeam, ExactSource
 from chared_flows.decoding.index import END
 from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound
+from chared_flows.decoding.scheduler import Client, bound
 from chared_flows.decoding.utf8 import split_complete
 
 
@@ -94,8 +96,20 @@ def _log(p: float) -> float:
     return math.log(p) if p > 0 else -math.inf
 
 
-def score_exact(ens: Scorable, prompt, text: str) -> ScoreResult:
-    sessions = _open_sessions(ens, prompt)
+def scoring(score):
+    """Run a scoring function as a scheduler client, so concurrent scorings share batched passes."""
+
+    @functools.wraps(score)
+    def wrapped(ens: Scorable, prompt, text: str) -> ScoreResult:
+        sessions = _open_sessions(ens, prompt)
+        with bound(Client(s.scheduler for s in sessions if s is not None)):
+            return score(ens, sessions, text)
+
+    return wrapped
+
+
+@scoring
+def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     cfg = ens.config
     beams = [None if s is None else ExactBeam.start(s, cfg.beam_width, cfg.prune_threshold) for s in sessions]
     source = ExactSource(beams, ens.combine, ens.weights)
@@ -111,7 +125,8 @@ def score_exact(ens: Scorable, prompt, text: str) -> ScoreResult:
     return result
 
 
-def score_chared(ens: Scorable, prompt, text: str) -> ScoreResult:
+@scoring
+def score_chared(ens: Scorable, sessions, text: str) -> ScoreResult:
     """Forward algorithm over round boundaries; a state is (position, every member's token ids).
 
     Generation continues a member from its own token when that token ended the round
@@ -119,7 +134,6 @@ def score_chared(ens: Scorable, prompt, text: str) -> ScoreResult:
     the states at a position are the distinct id sequences that reach it. States are
     pruned like exact mode's beam (beam_width per position, prune_threshold share).
     """
-    sessions = _open_sessions(ens, prompt)
     data = text.encode("utf-8")
     n = len(data)
     states: list[dict[tuple, float]] = [{} for _ in range(n + 1)]

@@ -60,10 +60,10 @@ def _build_ensemble(members: list[Any], config: DecodeConfig) -> Any:
     return Ensemble(members, config)
 
 
-def _load_member(spec: str, chat: bool) -> Any:
+def _load_member(spec: str, chat: bool, device: str = "cpu") -> Any:
     from chared_flows.decoding import Member
 
-    return Member.load(spec, chat=chat)
+    return Member.load(spec, chat=chat, device=device)
 
 
 def merge_stops(configured: Sequence[str] | None, call: Sequence[str] | None) -> list[str] | None:
@@ -93,6 +93,10 @@ class CharEDParams(DecodeFields):
         default=None,
         description="render the prompt with each member's chat template (None: False, or keep the "
         "setting of preloaded members)",
+    )
+    device: str = Field(
+        default="cpu",
+        description="where the members' models run: cpu, cuda, cuda:N, mps or auto (Member.load's device)",
     )
     # Already loaded Member objects, used instead of loading `models` (tests, custom models).
     # Excluded from serialisation; their names replace `models` in the identifying params.
@@ -150,7 +154,7 @@ class CharEDParams(DecodeFields):
             if self.chat is None:
                 return list(self.preloaded_members)
             return [m.with_chat(self.chat) for m in self.preloaded_members]
-        return [_load_member(spec, bool(self.chat)) for spec in self.models]
+        return [_load_member(spec, bool(self.chat), device=self.device) for spec in self.models]
 
     def decode_kwargs(self, stop: Sequence[str] | None, call_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments for Ensemble.generate/stream: fields, then per-call overrides."""
