@@ -88,7 +88,7 @@ def test_greedy_with_one_member_reproduces_its_own_transformers_greedy_text(memb
     out = member.assets.model.generate(ids, max_new_tokens=30, do_sample=False,
                                        pad_token_id=member.tokenizer.eos_token_id)
     want = member.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    got = Ensemble([member], token_healing=False).generate(prompt, max_new_chars=len(want))
+    got = Ensemble([member], mode="chared", token_healing=False).generate(prompt, max_new_chars=len(want))
     assert got.text == want[: len(got.text)] and (got.text == want or got.finish_reason == "eos"), (got.text, want)
 
 
