@@ -24,6 +24,7 @@ RULES = ("mixture", "product", "adaptive")
 MAX_NEW_CHARS = 32_768  # far beyond the embedded models' context windows; a typo guard
 MAX_BEAM_WIDTH = 65_536  # a typo guard: exact-mode tests enumerate every path with it
 MAX_TEMPERATURE = 100.0
+MIN_TEMPERATURE = 1e-4  # below it, logits / T overflow float64 for ordinary logit gaps
 CALL_FIELDS = ("max_new_chars", "temperature", "top_p", "seed", "stop")  # may change per call
 
 
@@ -87,6 +88,14 @@ class DecodeFields(BaseModel):
     @classmethod
     def _numbers(cls, value: Any, info) -> Any:
         return _strict_float(value, info.field_name)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature {value} is too small to scale logits safely; use 0 for greedy "
+                             f"or at least {MIN_TEMPERATURE}")
+        return value
 
     @field_validator("weights", mode="before")
     @classmethod

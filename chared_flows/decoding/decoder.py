@@ -139,10 +139,7 @@ class Ensemble:
         return score_chared(self, prompt, continuation)
 
     def generate(self, prompt, config: DecodeConfig | None = None, **overrides: Any) -> GenerationResult:
-        run = _Decoding(self, prompt, self._call_config(config, overrides))
-        for _ in run.chars():
-            pass
-        return run.result()
+        return _Decoding(self, prompt, self._call_config(config, overrides)).drain()
 
     def stream(self, prompt, config: DecodeConfig | None = None, **overrides: Any) -> Iterator[str]:
         """Yield text as it is decided; text that may start a stop string is held back until it cannot."""
@@ -225,16 +222,23 @@ def cancellable(token: CancelToken) -> Iterator[CancelToken]:
         _cancel_scope.token = previous
 
 
+def cancel_requested() -> bool:
+    """Whether the calling thread runs under a CancelToken that was cancelled."""
+    token = getattr(_cancel_scope, "token", None)
+    return token is not None and token.cancelled
+
+
 class StreamingGeneration:
     """Iterate for text chunks; afterwards `.result` is the full GenerationResult."""
 
-    def __init__(self, run: "_Decoding"):
+    def __init__(self, run: "_Decoding", registered: bool = False):
         self._run = run
+        self._registered = registered
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
         run, sent = self._run, 0
-        for _ in run.chars():
+        for _ in run.chars(registered=self._registered):
             safe = len(run.text) - _held_back(run.text, run.stop)
             if safe > sent:
                 yield run.text[sent:safe]
@@ -248,19 +252,25 @@ def run_concurrently(runs: list["_Decoding"], workers: int, stream: bool) -> Ite
     """Run decodings in threads; yield (index, chunk) while streaming, else (index, result) as each ends.
 
     An error in one decoding is raised here once the others have stopped (none is lost
-    silently, none keeps running unattended).
+    silently, none keeps running unattended); a caller that stops iterating cancels them.
     """
     events: queue.Queue = queue.Queue()
     done = object()
+    workers = min(workers, max(1, len(runs)))
+
+    begun: set[int] = set()
 
     def work(index: int, run: "_Decoding") -> None:
+        begun.add(index)
+        if index >= workers:
+            run.client.register()  # its turn came: another run just ended
         try:
             if stream:
-                streaming = StreamingGeneration(run)
+                streaming = StreamingGeneration(run, registered=True)
                 for chunk in streaming:
                     events.put((index, chunk))
             else:
-                for _ in run.chars():
+                for _ in run.chars(registered=True):
                     pass
                 events.put((index, run.result()))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
@@ -268,13 +278,15 @@ def run_concurrently(runs: list["_Decoding"], workers: int, stream: bool) -> Ite
         finally:
             events.put((index, done))
 
-    workers = min(workers, max(1, len(runs)))
+    # The first `workers` register before any starts: a scheduler must not run a batch of
+    # the first few alone.
     for run in runs[:workers]:
-        run.client.register()  # before any starts: a scheduler must not run a batch of the first few alone
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chared-decode") as pool:
+        run.client.register()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chared-decode")
+    finished, failure = 0, None
+    try:
         for index, run in enumerate(runs):
             pool.submit(work, index, run)
-        finished, failure = 0, None
         while finished < len(runs):
             index, item = events.get()
             if item is done:
@@ -285,6 +297,14 @@ def run_concurrently(runs: list["_Decoding"], workers: int, stream: bool) -> Ite
                     other.cancel()
             elif failure is None:
                 yield index, item
+    finally:
+        if finished < len(runs):  # the caller stopped early, or an error: stop the rest
+            for run in runs:
+                run.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for index, run in enumerate(runs[:workers]):
+            if index not in begun:
+                run.client.unregister()  # registered up front, never started
     if failure is not None:
         raise failure
 
@@ -340,20 +360,36 @@ class _Decoding:
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._started = time.perf_counter()
 
-    def chars(self) -> Iterator[str]:
+    def chars(self, registered: bool = False) -> Iterator[str]:
         """Run until finished, yielding each character as it completes.
 
-        While it runs, the decoding is a client of its members' pass schedulers: they
-        wait for its passes before running a batch (scheduler.py).
+        Each step runs as this decoding's scheduler client (its passes batch with other
+        decodings'). Subtle: the binding is taken per step and released before the step's
+        characters are yielded, so a stream its caller leaves suspended (or steps from
+        another thread) never holds the schedulers up. `registered=True` (a caller that
+        drains the whole generator in one thread, and registered the client itself) keeps
+        the schedulers waiting for it between steps too, which is what lockstep batching needs.
         """
         step = self._exact_step if self.ens.mode == "exact" else self._round
-        with bound_client(self.client):
+        try:
             while self.finish is None:
                 if self.token is not None and self.token.cancelled:
                     self.cancel()
                     break
-                yield from step()
+                with bound_client(self.client):
+                    decided = list(step())
+                yield from decided
+        finally:
+            if registered:
+                self.client.unregister()
         self.stats.wall_time_s = time.perf_counter() - self._started
+
+    def drain(self) -> "GenerationResult":
+        """Run to the end in this thread (registered throughout) and return the result."""
+        self.client.register()
+        for _ in self.chars(registered=True):
+            pass
+        return self.result()
 
     # --- chared mode ----------------------------------------------------------
 
@@ -398,10 +434,11 @@ class _Decoding:
 
     def _follow(self, node: EnsembleRound, out: bytes, keep_only: bool) -> None:
         """Members whose token ended the round continue from it (MemberSession.follow)."""
+        alone = sum(m is not None for m in node.members) == 1
         for session, member in zip(self.sessions, node.members):
             if session is None:
                 continue
-            token = member.ending_token() if member is not None else None
+            token = member.ending_token(alone) if member is not None else None
             session.follow(node.origin, out[len(node.origin):], token)
             if keep_only:
                 session.keep_only(out)

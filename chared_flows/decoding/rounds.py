@@ -81,9 +81,19 @@ class MemberRound:
             self._dist = out / total if total > 0 else None
         return self._dist
 
-    def ending_token(self) -> int | None:
-        """The most probable token equal to the bytes read so far (after distribution()); None if none."""
-        if self._splits is None or len(self.cursors) != 1:
+    def ending_token(self, alone: bool = False) -> int | None:
+        """The member's token that ends the round here, if this member would end it here itself.
+
+        That is: its most probable token equal to the bytes read so far, when END is at
+        least as probable for this member as any single next byte (or the member is
+        `alone` in the ensemble, where the round's END is its own choice). Subtle: any
+        token has *some* probability under a softmax, so "a token equal to the round's
+        bytes exists" alone would have a member adopt splits it would never write
+        (P(END) = 1e-22) whenever another member cut the round there.
+        """
+        if self._splits is None or len(self.cursors) != 1 or self._dist is None:
+            return None
+        if not alone and self._dist[END] < self._dist[:END].max():
             return None
         cursor, split = self.cursors[0], self._splits[0]
         lo, hi = int(split.starts[END]), int(split.ends[END])

@@ -99,13 +99,17 @@ class CachedRunner:
         """Cut the cache back to its first `keep` positions; return how many it really keeps."""
         if self._cache is None or keep == 0:
             self._cache, self._shared = self._new_cache(), False
+            self._cached_ids, self._last_logits = [], None
             return 0
         if self._shared:
             self._cache, self._shared = _shallow_copy(self._cache), False
         if keep < len(self._cached_ids) and not _slice_layers(self._cache, len(self._cached_ids), keep):
             self.cache_rebuilds += 1
-            self._cache = self._new_cache()
+            self._cache, self._cached_ids, self._last_logits = self._new_cache(), [], None
             return 0
+        # Subtle: say what the cache holds now, before the pass: if the pass fails, the next
+        # call must not believe the cropped positions are still there.
+        self._cached_ids, self._last_logits = self._cached_ids[:keep], None
         return keep
 
     def _new_cache(self) -> Any:

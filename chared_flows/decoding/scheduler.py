@@ -36,38 +36,67 @@ IDLE_EXIT_S = 2.0  # a worker with nothing to do for this long ends; the next pa
 
 
 class Client:
-    """One decoding (one thread) that submits passes; `blocked` while it waits in `gather`."""
+    """One decoding that submits passes, as the schedulers see it.
+
+    `holds` > 0: registered (the schedulers wait for it). `outstanding`: its passes not
+    answered yet. `blocked`: it waits in `gather` and none of its passes has been
+    answered since (subtle: cleared only when the *last* outstanding pass is answered;
+    a client answered for one member while its pass at the other is still queued is
+    still blocked, and counting it as awake would make each scheduler wait for it).
+    """
 
     def __init__(self, schedulers: Iterable["PassScheduler"] = ()) -> None:
         self.blocked = False
         self.running = 0  # its passes inside a batch being run right now
+        self.outstanding = 0
+        self.holds = 0
         self.schedulers: list[PassScheduler] = list({id(s): s for s in schedulers}.values())
-        self.registered = False
-        self._lock = threading.Lock()  # subtle: two members' workers update `running` at once
+        self._lock = threading.Lock()  # the members' workers update these at once
 
-    def count_running(self, delta: int) -> None:
-        with self._lock:
-            self.running += delta
+    @property
+    def registered(self) -> bool:
+        return self.holds > 0
 
     @property
     def idle(self) -> bool:
         """Blocked, and not about to be woken by a running batch."""
         return self.blocked and self.running == 0
 
+    def submitted(self) -> None:
+        with self._lock:
+            self.outstanding += 1
+
+    def started(self) -> None:
+        with self._lock:
+            self.running += 1
+
+    def answered(self) -> None:
+        """One pass of it ran (called after its future is set)."""
+        with self._lock:
+            self.running -= 1
+            self.outstanding -= 1
+            if self.outstanding <= 0:
+                self.blocked = False
+        self.poke()
+
     def poke(self) -> None:
         for scheduler in self.schedulers:
             scheduler._blocked_changed()
 
     def register(self) -> None:
-        """From now on the schedulers wait for this decoding (register a batch's decodings together)."""
-        if not self.registered:
-            self.registered = True
+        """The schedulers wait for this decoding until a matching unregister (holds nest)."""
+        with self._lock:
+            self.holds += 1
+            first = self.holds == 1
+        if first:
             for scheduler in self.schedulers:
                 scheduler._register(self)
 
     def unregister(self) -> None:
-        if self.registered:
-            self.registered = False
+        with self._lock:
+            self.holds -= 1
+            last = self.holds == 0
+        if last:
             for scheduler in self.schedulers:
                 scheduler._unregister(self)
 
@@ -86,7 +115,13 @@ _current = threading.local()
 
 @contextlib.contextmanager
 def bound(me: Client) -> Iterator[Client]:
-    """Run the calling thread's passes as `me` (registered for the duration, if it was not yet)."""
+    """The calling thread's passes belong to `me` for the duration (and `me` is registered).
+
+    Subtle: enter it around work that does not yield to a caller. A binding held across
+    a generator's `yield` would follow the thread, not the generator: a suspended stream
+    would keep the schedulers waiting for it, and two streams stepped in one thread, or
+    one stream stepped from several threads, would charge passes to the wrong decoding.
+    """
     previous = getattr(_current, "client", None)
     _current.client = me
     me.register()
@@ -129,10 +164,13 @@ class PassScheduler:
 
     def submit(self, runner: Any, ids: Sequence[int], finish: Callable[[Any], Any]) -> Future:
         future: Future = Future()
+        owner = getattr(_current, "client", None)
+        if owner is not None:
+            owner.submitted()
         with self._cond:
             if not self._queue:
                 self._first_arrival = time.monotonic()
-            self._queue.append(_Request(runner, list(ids), finish, future, getattr(_current, "client", None)))
+            self._queue.append(_Request(runner, list(ids), finish, future, owner))
             self._ensure_worker()
             self._cond.notify_all()
         return future
@@ -167,12 +205,12 @@ class PassScheduler:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
                 if self._queue:
                     self._first_arrival = time.monotonic()
+                for request in batch:  # under the lock: no scheduler may see them idle in between
+                    if request.owner is not None:
+                        request.owner.started()
             self._run(batch)
 
     def _run(self, batch: list[_Request]) -> None:
-        owners = [r.owner for r in batch if r.owner is not None]
-        for owner in owners:
-            owner.count_running(+1)
         try:
             logits = self.backend.next_logits_batch([r.runner for r in batch], [r.ids for r in batch])
         except BaseException as exc:  # noqa: BLE001 - every waiting decoding must hear of it
@@ -182,20 +220,14 @@ class PassScheduler:
             self.batches += 1
             self.passes += len(batch)
         for index, request in enumerate(batch):
-            if request.owner is not None:
-                # Subtle: it counts as awake from now on, before its thread really runs again;
-                # a blocked flag left set until then would make it look idle, and another
-                # scheduler would run a batch without the pass it is about to submit.
-                request.owner.blocked = False
             try:
                 if failure is not None:
                     raise failure
                 request.future.set_result(request.finish(logits[index]))
             except BaseException as exc:  # noqa: BLE001
                 request.future.set_exception(exc)
-        for owner in owners:
-            owner.count_running(-1)
-            owner.poke()  # another member's scheduler may have been waiting on this batch
+            if request.owner is not None:
+                request.owner.answered()  # may wake another member's scheduler waiting on this batch
 
 
 def gather(futures: Iterable[tuple[PassScheduler, Future]]) -> list[Any]:
@@ -204,7 +236,8 @@ def gather(futures: Iterable[tuple[PassScheduler, Future]]) -> list[Any]:
     me: Client | None = getattr(_current, "client", None)
     if me is None:
         return [future.result() for _, future in pairs]
-    me.blocked = True
+    with me._lock:
+        me.blocked = me.outstanding > 0
     me.poke()
     try:
         return [future.result() for _, future in pairs]

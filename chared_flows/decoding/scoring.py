@@ -37,6 +37,7 @@ from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound
 from chared_flows.decoding.scheduler import Client, bound
 from chared_flows.decoding.utf8 import split_complete
+from chared_flows.errors import ContextWindowError
 
 
 class Scorable(Protocol):
@@ -92,6 +93,15 @@ def _passes(ens: Scorable, sessions) -> dict[str, int]:
     return {n: s.pass_counts().forward_passes for n, s in zip(ens.names, sessions) if s is not None}
 
 
+def _too_long(ens: Scorable, sessions, position: int) -> ContextWindowError:
+    """Scoring on without a member would silently score the rest by the others alone."""
+    windows = {n: s.member.assets.context_window for n, s in zip(ens.names, sessions) if s is not None}
+    return ContextWindowError(
+        f"prompt + text reach a member's context window at byte {position} of the text "
+        f"(windows: {windows}); score a shorter text or split it"
+    )
+
+
 def _log(p: float) -> float:
     return math.log(p) if p > 0 else -math.inf
 
@@ -114,9 +124,11 @@ def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     beams = [None if s is None else ExactBeam.start(s, cfg.beam_width, cfg.prune_threshold) for s in sessions]
     source = ExactSource(beams, ens.combine, ens.weights)
     logprobs = []
-    for byte in text.encode("utf-8"):
+    for position, byte in enumerate(text.encode("utf-8")):
         source = source.ready_for(byte)  # a member whose beam lost every path reading on is re-seeded
         dist = source.distribution()
+        if source.window_full:
+            raise _too_long(ens, sessions, position)
         logprobs.append(_log(dist[byte]) if dist is not None else -math.inf)
         source = source.advance(byte)
     pruned = max((b.pruned_mass for b in source.beams if b is not None), default=0.0)
@@ -162,7 +174,9 @@ def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_al
     pending = split_complete(data[:j])[1]
     members = []
     for session, ids in zip(sessions, key):
-        members.append(None if ids is None or not session.fits(ids) else session.member_round(ids, pending))
+        if ids is not None and not session.fits(ids):
+            raise _too_long(ens, sessions, j)
+        members.append(None if ids is None else session.member_round(ids, pending))
     node = EnsembleRound(members, ens.combine, ens.weights, pending)
     log_round = log_alpha
     for i in range(j, len(data)):
@@ -183,11 +197,12 @@ def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_al
 def _state_after(sessions, key: tuple, node: EnsembleRound, written: bytes) -> tuple:
     """Each member's ids once the round ends here: its own token if it has one equal, else canonical."""
     out = []
+    alone = sum(m is not None for m in node.members) == 1
     for session, ids, member in zip(sessions, key, node.members):
         if session is None:
             out.append(None)
             continue
-        token = member.ending_token() if member is not None else None
+        token = member.ending_token(alone) if member is not None else None
         if token is not None and ids is not None:
             out.append(ids + (token,))
         else:

@@ -125,6 +125,8 @@ def best_unit(
             if lb > floor:
                 heapq.heappush(heap, (-lb, next(order), node, data, int(byte)))
     stats.expansions += expansions
+    if best is None:  # capped before any unit could end on a whole character: take any terminal
+        best = max(((-n, d, p, o) for n, _, p, d, o in heap if o in (END, EOS)), default=None, key=lambda t: t[0])
     if best is None:
         return None
     return Unit(best[1], best[3], best[2], best[0])

@@ -312,6 +312,9 @@ class WorkflowRunner:
         record.latency_s = time.perf_counter() - started
         record.timestamp = time.time()  # the end of the call: it ran from timestamp - latency_s
         record.output, record.parsed = result["output"], result["parsed"]
+        if _cancelled():
+            record.error = "cancelled"  # the run is being interrupted: never written, not scored
+            return record
         info = collector.info
         record.finish_reason = str(info.get("finish_reason", ""))
         record.forward_passes = int(info.get("total_forward_passes", 0))
@@ -371,6 +374,12 @@ class WorkflowRunner:
                     method(*args)
                 except Exception:  # noqa: BLE001 - the original exception is what the caller sees
                     pass
+
+
+def _cancelled() -> bool:
+    from chared_flows.decoding.decoder import cancel_requested
+
+    return cancel_requested()
 
 
 def scoring_ensemble(members: list[Any], variant: VariantSpec, mode: str) -> Any:
