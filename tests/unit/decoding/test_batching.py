@@ -103,3 +103,43 @@ def test_batch_size_and_prompt_list_are_checked(pair):
         ens.generate_batch(["a"], batch_size=0)
     with pytest.raises(Exception, match="takes a list of prompts"):
         ens.generate_batch("a single string")
+
+
+def test_a_suspended_stream_never_holds_other_decodings_up(pair):
+    """A stream its caller stops iterating is no scheduler client between steps."""
+    ens = Ensemble(pair, mode="chared")
+    schedulers = [scheduler_for(m.assets.backend) for m in pair]
+    suspended = ens.stream("Hello", max_new_chars=30)
+    next(suspended)
+    assert all(not s._clients for s in schedulers)  # nobody to wait for while it is suspended
+    alone = ens.generate("The quick", max_new_chars=10).text
+    assert alone == Ensemble(pair, mode="chared").generate("The quick", max_new_chars=10).text
+
+
+def test_streams_interleaved_in_one_thread_each_get_their_own_text(pair):
+    from chared_flows.decoding import scheduler
+
+    ens = Ensemble(pair, mode="chared")
+    a, b = ens.stream("Tom has", max_new_chars=12), ens.stream("Café", max_new_chars=12)
+    got = {"a": "", "b": ""}
+    for pieces in zip(a, b):
+        got["a"] += pieces[0]
+        got["b"] += pieces[1]
+    got["a"] += "".join(a)
+    got["b"] += "".join(b)
+    assert got == {"a": ens.generate("Tom has", max_new_chars=12).text, "b": ens.generate("Café", max_new_chars=12).text}
+    assert getattr(scheduler._current, "client", None) is None
+
+
+def test_closing_stream_batch_stops_the_other_decodings(pair):
+    ens = Ensemble(pair, mode="chared")
+    scheduler = scheduler_for(pair[0].assets.backend)
+    before = scheduler.passes
+    ens.generate_batch(PROMPTS, max_new_chars=40)
+    full = scheduler.passes - before
+    before = scheduler.passes
+    chunks = ens.stream_batch(PROMPTS, max_new_chars=40)
+    next(chunks)
+    chunks.close()
+    assert scheduler.passes - before < full / 2  # the others were cancelled, not run to the end
+    assert not scheduler._clients

@@ -162,3 +162,21 @@ def test_batched_passes_give_each_sequence_its_own_logits(arch):
     other = steps[-1][1] + [46]
     torch.testing.assert_close(runners[0].next_logits(other), reference.next_logits(other), rtol=1e-4, atol=1e-4)
     assert all(r.cache_rebuilds == 0 for r in runners)
+
+
+def test_a_failed_pass_leaves_the_runner_consistent():
+    """A pass that raises (an out-of-memory error) after a rollback: the next call is still exact."""
+    model = tiny_model(120, seed=9)
+    runner, reference = CachedRunner(model), UncachedRunner(model)
+    runner.next_logits([3, 4, 5, 6, 7, 8])
+    forward = model.forward
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    model.forward = failing
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runner.next_logits([3, 4, 5, 9])  # rolls the cache back to 3 positions, then fails
+    model.forward = forward
+    torch.testing.assert_close(runner.next_logits([3, 4, 5, 6]), reference.next_logits([3, 4, 5, 6]),
+                               rtol=1e-4, atol=1e-5)

@@ -142,3 +142,17 @@ def test_chared_score_is_the_probability_that_sampling_writes_the_text(bl, bf):
     rest_obs, rest_exp = n - sum(observed), n - sum(expected)
     p_value = stats.chisquare(observed + [rest_obs], expected + [rest_exp]).pvalue
     assert p_value > 1e-3, list(zip(top, observed, expected))
+
+
+@pytest.mark.parametrize("mode", ["chared", "exact"])
+def test_scoring_past_a_context_window_is_an_error_not_a_silent_member_drop(mode):
+    from chared_flows.decoding import Member, MemberAssets
+    from chared_flows.errors import ContextWindowError
+    from tests.fixtures.tiny import PAD_ROWS, tiny_model, tokenizer_for
+
+    tok = tokenizer_for("byte_level")
+    model = tiny_model(len(tok) + PAD_ROWS, seed=3)
+    small = Member(MemberAssets.build("small-window", tok, Member.from_pretrained(model, tok, name="x").assets.backend,
+                                      num_rows=len(tok) + PAD_ROWS, context_window=12))
+    with pytest.raises(ContextWindowError, match="context window at byte"):
+        Ensemble([small], mode=mode).score("Tom", " has 3 apples and buys 5 more apples today")

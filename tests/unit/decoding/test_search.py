@@ -203,3 +203,16 @@ def test_capped_search_returns_its_best_so_far_and_says_so() -> None:
     stats = SearchStats()
     unit = best_unit(ensemble_round(members, weights), stats, max_expansions=1)
     assert stats.capped == 1 and unit is not None
+
+
+def test_a_member_adopts_its_own_token_only_where_it_would_end_it():
+    """ending_token: a token equal to the round's bytes counts only if END is the member's own best option."""
+    index, probs = make_member([b"a", b"ab", b"abc"], seed=0, peaky=1.0)
+    probs[:] = [0.001, 0.9, 0.099, 0.0]  # after "a", the member would continue ("ab" much likelier)
+    node = member_round(index, probs).advance(ord("a"), b"")
+    node.distribution(b"")
+    assert node.ending_token() is None  # another member cut the round here: not this member's split
+    assert node.ending_token(alone=True) == 0  # alone, the round's END is its own choice
+    longer = member_round(index, probs).advance(ord("a"), b"").advance(ord("b"), b"")
+    longer.distribution(b"")
+    assert longer.ending_token() == 1  # "ab" is where it would end: adopted
