@@ -33,7 +33,7 @@ LLAMA_SRC := $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)
 LLAMA_STAMP := $(VENV)/.llamacpp-$(LLAMA_CPP_PYTHON)
 JOBS ?= $(shell nproc)
 
-.PHONY: setup sandbox-tool setup-llamacpp demo test test-unit test-integration bench clean
+.PHONY: setup sandbox-tool setup-llamacpp demo test test-unit test-integration bench bench-genlm clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,13 @@ test-integration: setup setup-llamacpp
 
 bench: setup
 	$(BIN)/python benchmarks/engine.py
+
+# Exact mode against genlm-bytes (README: "Exact mode"); not needed by any test. The two genlm
+# packages go in with --no-deps (see pyproject's bench extra), on one pinned core.
+bench-genlm: setup
+	$(BIN)/python -m pip install -q --no-deps genlm-bytes==0.2.0 genlm-backend==0.3.1
+	$(BIN)/python -m pip install -q "arsenal>=3.1" "numba>=0.60" "ipython>=8"
+	taskset -c 1 $(BIN)/python benchmarks/exact_vs_genlm.py --threads 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_section  # noqa: E402
 from chared_flows.decoding import Ensemble, Member  # noqa: E402
 from chared_flows.decoding.combine import RULE_FUNCTIONS  # noqa: E402
 from chared_flows.decoding.exact import DEFAULT_BEAM_WIDTH, DEFAULT_PRUNE_THRESHOLD, ExactBeam  # noqa: E402
@@ -65,12 +66,12 @@ def exact_distributions(member: Member, prompt: str, cont: str, **beam) -> tuple
     """The member's exact next-byte distribution before each byte of the continuation."""
     session = member.open_session(prompt)
     start = time.perf_counter()
-    beam_state = ExactBeam(session, **beam)
+    beam_state = ExactBeam.start(session, **beam)
     data = cont.encode()
     out = []
     for i, byte in enumerate(data):
         out.append(beam_state.distribution(split_complete(data[:i])[1]))
-        beam_state.advance(byte)
+        beam_state = beam_state.advance(byte)  # persistent beams: advance returns the next one
     return out, beam_state, time.perf_counter() - start
 
 
@@ -165,10 +166,8 @@ def main() -> None:
                 f"| {label} | {mode} | prose line | {st.bytes} | {st.wall_time_s:.1f} | "
                 f"{st.bytes / st.wall_time_s:.2f} | {st.total_forward_passes} | - |")
     say()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# Exact mode: measured results\n\n" + "\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_section(Path(args.out), "exact_mode", "\n".join(lines))
+    print(f"wrote {args.out} (section exact_mode)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chared_flows.decoding.utf8 import incomplete_tail_start
+from chared_flows.decoding.utf8 import incomplete_tail_start, valid_prefix_rows
 from chared_flows.decoding.vocab import ByteVocabulary
 
 END = 256  # option index: the token ends exactly here (the paper's "null string")
@@ -52,18 +52,19 @@ class PrefixIndex:
     """Sorted byte strings of one vocabulary, with per-depth byte columns."""
 
     def __init__(self, vocab: ByteVocabulary):
+        # Subtle: built once per model, but on a 262k vocabulary every per-token
+        # Python step costs ~0.1 s: keep to one sort and a few C-level passes
+        # (the reference build, tests/fixtures/reference_vocab.py, checks the arrays).
         text_ids = [i for i, data in enumerate(vocab.tokens) if data]
         text_ids.sort(key=vocab.tokens.__getitem__)
         self.vocab = vocab
         self.sorted_ids = np.asarray(text_ids, dtype=np.int64)
-        self.sorted_bytes: list[bytes] = [vocab.tokens[i] for i in text_ids]  # type: ignore[misc]
-        self.lengths = np.fromiter((len(b) for b in self.sorted_bytes), np.int32, len(text_ids))
+        self.sorted_bytes: list[bytes] = list(map(vocab.tokens.__getitem__, text_ids))  # type: ignore[arg-type]
+        self.lengths = np.fromiter(map(len, self.sorted_bytes), np.int32, len(text_ids))
         self.max_len = int(self.lengths.max()) if len(text_ids) else 0
-        self._matrix = _byte_matrix(self.sorted_bytes, self.max_len)
+        self._matrix = _byte_matrix(self.sorted_bytes, self.lengths, self.max_len)
         self._first_keys = self._matrix[:, 0].astype(np.int16) if len(text_ids) else np.zeros(0, np.int16)
-        self.valid_at_boundary = np.fromiter(
-            (incomplete_tail_start(b) is not None for b in self.sorted_bytes), bool, len(text_ids)
-        )
+        self.valid_at_boundary = valid_prefix_rows(self._matrix, self.lengths)
         self._tail_masks: dict[bytes, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -121,10 +122,17 @@ class PrefixIndex:
         return col
 
 
-def _byte_matrix(strings: list[bytes], width: int) -> np.ndarray:
-    """Row k = strings[k] padded with zeros to `width` bytes (uint8)."""
-    buf = b"".join(s.ljust(width, b"\0") for s in strings)
-    return np.frombuffer(buf, dtype=np.uint8).reshape(len(strings), width) if strings else np.zeros((0, 1), np.uint8)
+def _byte_matrix(strings: list[bytes], lengths: np.ndarray, width: int) -> np.ndarray:
+    """Row k = strings[k] padded with zeros to `width` bytes (uint8), scattered from one joined buffer."""
+    if not strings:
+        return np.zeros((0, 1), np.uint8)
+    data = np.frombuffer(b"".join(strings), dtype=np.uint8)
+    starts = np.cumsum(lengths, dtype=np.int64) - lengths
+    rows = np.repeat(np.arange(len(strings)), lengths)
+    cols = np.arange(len(data)) - np.repeat(starts, lengths)
+    matrix = np.zeros((len(strings), width), dtype=np.uint8)
+    matrix[rows, cols] = data
+    return matrix
 
 
 def _segment_sums(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -53,6 +53,49 @@ def incomplete_tail_start(data: bytes) -> int | None:
     return n
 
 
+# The same table as arrays, for the vectorised check: lead byte -> bytes it needs (-1: never a lead).
+_NEED = np.full(256, -1, dtype=np.int8)
+_NEED[:0x80] = 0
+_FIRST_LO = np.full(256, 0x80, dtype=np.uint8)
+_FIRST_HI = np.full(256, 0xBF, dtype=np.uint8)
+for _b, (_need, _lo, _hi) in _LEADS.items():
+    _NEED[_b], _FIRST_LO[_b], _FIRST_HI[_b] = _need, _lo, _hi
+
+
+def valid_prefix_rows(matrix: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """`is_valid_prefix(row[:length])` for every row of a zero-padded uint8 matrix, column by column.
+
+    Per row the state is how many continuation bytes are still owed and the
+    range the next one must fall in (the lead's special first range, then
+    0x80..0xBF). A row is invalid once a byte inside its length breaks the
+    state; ending mid-character is fine (a prefix). Only rows holding a
+    non-ASCII byte run the scan: padding is 0, so an all-ASCII row is valid.
+    """
+    valid = np.ones(len(matrix), dtype=bool)
+    rows = np.flatnonzero((matrix >= 0x80).any(axis=1)) if matrix.size else np.zeros(0, np.int64)
+    if not len(rows):
+        return valid
+    # Longest rows first: the rows still inside their bytes at a depth are then a prefix.
+    rows = rows[np.argsort(-lengths[rows], kind="stable")]
+    sub = matrix[rows]
+    still_inside = np.cumsum(np.bincount(lengths[rows], minlength=sub.shape[1] + 1)[::-1])[::-1]
+    ok = np.ones(len(rows), dtype=bool)
+    need = np.zeros(len(rows), dtype=np.int8)  # continuation bytes still owed
+    lo = np.full(len(rows), 0x80, dtype=np.uint8)  # range of the next continuation byte
+    hi = np.full(len(rows), 0xBF, dtype=np.uint8)
+    for depth in range(sub.shape[1]):
+        k = int(still_inside[depth + 1])  # rows longer than depth
+        if k == 0:
+            break
+        byte, owed = sub[:k, depth], need[:k] > 0
+        ok[:k] &= np.where(owed, (lo[:k] <= byte) & (byte <= hi[:k]), _NEED[byte] >= 0)
+        lo[:k] = np.where(owed, np.uint8(0x80), _FIRST_LO[byte])
+        hi[:k] = np.where(owed, np.uint8(0xBF), _FIRST_HI[byte])
+        need[:k] = np.where(owed, need[:k] - 1, _NEED[byte])
+    valid[rows] = ok
+    return valid
+
+
 def is_valid_prefix(data: bytes) -> bool:
     return incomplete_tail_start(data) is not None
 

@@ -5,6 +5,12 @@ import torch
 
 from chared_flows.decoding import Ensemble, Member
 from chared_flows.decoding.runner import CachedRunner, UncachedRunner
+from tests.fixtures.reference_vocab import (
+    assert_same_index,
+    assert_same_vocabulary,
+    reference_index,
+    reference_vocabulary,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +55,13 @@ def test_every_text_token_matches_the_tokenizers_own_decoding(member):
     assert len(ids) > 0.9 * len(tok) - len(tok.added_tokens_decoder)
     for token_id in tok.all_special_ids:
         assert vocab.token_bytes(token_id) is None
+
+
+def test_fast_vocabulary_and_index_equal_the_reference_build(member):
+    vocab, tok = member.assets.vocab, member.tokenizer
+    ref = reference_vocabulary(tok, num_rows=len(vocab), eos_token_ids=vocab.eos_token_ids)
+    assert_same_vocabulary(vocab, ref)
+    assert_same_index(member.assets.index, reference_index(vocab))
 
 
 @pytest.mark.parametrize("text", TRICKY)
