@@ -38,7 +38,15 @@ from chared_flows.decoding.scheduler import Client
 from chared_flows.decoding.scheduler import bound as bound_client
 from chared_flows.decoding.scheduler import gather
 from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
-from chared_flows.decoding.search import SearchStats, Unit, best_unit, sample_unit, walk
+from chared_flows.decoding.search import (
+    SearchStats,
+    Unit,
+    best_unit,
+    sample_unit,
+    walk,
+    whole_characters,
+    whole_characters_past_whitespace,
+)
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError
 
@@ -479,7 +487,8 @@ class _Decoding:
             self._finish("length")  # a path reached a member's context window
             return
         if self.config.greedy:
-            unit = self._pick(self.exact.lookahead(), extend=self._next_lookahead)
+            unit = self._pick(self.exact.lookahead(), extend=self._next_lookahead,
+                              may_end=whole_characters_past_whitespace)
         else:
             unit = self._pick(self.exact)
         if unit is None:
@@ -500,10 +509,10 @@ class _Decoding:
         source = walk(self.exact, data)
         return None if source.window_full else source.lookahead()
 
-    def _pick(self, source, extend=None) -> Unit | None:
+    def _pick(self, source, extend=None, may_end=whole_characters) -> Unit | None:
         self.stats.steps += 1
         if self.config.greedy:
-            return best_unit(source, self.search, extend=extend)
+            return best_unit(source, self.search, extend=extend, may_end=may_end)
         return sample_unit(source, self.config.top_p, self.rng, self.search)
 
     def _emit_all(self, data: bytes) -> Iterator[str]:

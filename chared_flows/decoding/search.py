@@ -67,11 +67,29 @@ def walk(source: Source, data: bytes) -> Source:
 Extend = Callable[[Any, bytes], Any]
 
 
+def whole_characters(node: Any, data: bytes) -> bool:
+    """A unit may end here if it ends on a character boundary (chared mode's rule)."""
+    return not node.pending
+
+
+def whole_characters_past_whitespace(node: Any, data: bytes) -> bool:
+    """Exact mode's rule: whole characters, and not whitespace alone.
+
+    Subtle: in exact mode a unit is how the current token ends, summed over the beam's
+    tokenizations; right after whitespace, paths inside longer whitespace tokens make
+    "one more space/tab" the best *token end* again and again (13 tabs after
+    "Ingredients:\n\t", text the model finds less probable than its own greedy output).
+    A whitespace-only unit is therefore compared together with the token that follows it.
+    """
+    return not node.pending and not data.isspace()
+
+
 def best_unit(
     root: Source,
     stats: SearchStats | None = None,
     max_expansions: int = DEFAULT_MAX_EXPANSIONS,
     extend: Extend | None = None,
+    may_end: Callable[[Any, bytes], bool] = whole_characters,
 ) -> Unit | None:
     """The most probable unit ending in END or EOS; None when nothing can be written.
 
@@ -94,8 +112,8 @@ def best_unit(
     expansions = 0
     while heap:
         neg, _, parent, data, option = heapq.heappop(heap)
-        if option == END and parent.pending and extend is not None:
-            following = extend(parent, data)  # mid-character: the unit goes on in the next round
+        if option == END and extend is not None and not may_end(parent, data):
+            following = extend(parent, data)  # e.g. mid-character: the unit goes on in the next round
             if following is not None:
                 heapq.heappush(heap, (neg, next(order), following, data, None))
             continue
@@ -116,7 +134,7 @@ def best_unit(
             if dist[terminal] > 0:
                 lt = logp + log(dist[terminal])
                 heapq.heappush(heap, (-lt, next(order), node, data, terminal))
-                final = terminal == EOS or not node.pending or extend is None
+                final = terminal == EOS or extend is None or may_end(node, data)
                 if final and (best is None or lt > best[0]):  # subtle: an END mid-character may fall later
                     best = (lt, data, node, terminal)
         floor = best[0] if best is not None else -np.inf

@@ -17,7 +17,7 @@ import pytest
 from chared_flows.decoding.combine import RULE_FUNCTIONS
 from chared_flows.decoding.index import END, EOS, PrefixIndex
 from chared_flows.decoding.rounds import EnsembleRound, MemberRound
-from chared_flows.decoding.search import SearchStats, best_unit, nucleus
+from chared_flows.decoding.search import SearchStats, best_unit, nucleus, whole_characters_past_whitespace
 from chared_flows.decoding.utf8 import incomplete_tail_start, pending_after
 from chared_flows.decoding.vocab import ByteVocabulary
 
@@ -83,7 +83,7 @@ def brute_step(members, weights, s: bytes, pending: bytes) -> dict:
     return out
 
 
-def brute_units(members, weights, pending=b"", extend_depth=0, prefix=b"", logp=0.0):
+def brute_units(members, weights, pending=b"", extend_depth=0, prefix=b"", logp=0.0, past_whitespace=False):
     """Every (bytes, terminal) unit a greedy search may return, with its log-probability.
 
     A unit whose END falls inside a character continues in a fresh round (the same
@@ -99,8 +99,10 @@ def brute_units(members, weights, pending=b"", extend_depth=0, prefix=b"", logp=
             if option == EOS:
                 units.append((prefix + s, EOS, lp + math.log(p)))
             elif option == END:
-                if tail and extend_depth > 0:
-                    units.extend(brute_units(members, weights, tail, extend_depth - 1, prefix + s, lp + math.log(p)))
+                whitespace_only = past_whitespace and (prefix + s).isspace()
+                if (tail or whitespace_only) and extend_depth > 0:
+                    units.extend(brute_units(members, weights, tail, extend_depth - 1, prefix + s, lp + math.log(p),
+                                             past_whitespace))
                 else:
                     units.append((prefix + s, END, lp + math.log(p)))
             else:
@@ -216,3 +218,21 @@ def test_a_member_adopts_its_own_token_only_where_it_would_end_it():
     longer = member_round(index, probs).advance(ord("a"), b"").advance(ord("b"), b"")
     longer.distribution(b"")
     assert longer.ending_token() == 1  # "ab" is where it would end: adopted
+
+
+@pytest.mark.parametrize("label, setup", SETUPS)
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_mode_units_extend_past_whitespace_alone(label, setup, seed) -> None:
+    """Exact mode's rule: a unit that is whitespace alone goes on into the next token end."""
+    members, weights = members_for(setup, seed, 0.3)
+
+    def extend(node, data):
+        return ensemble_round(members, weights, node.pending)
+
+    units = [u for u in brute_units(members, weights, extend_depth=3, past_whitespace=True)
+             if u[1] == EOS or not u[0].isspace()]
+    want = max(units, key=lambda u: u[2])
+    got = best_unit(ensemble_round(members, weights), extend=extend, may_end=whole_characters_past_whitespace)
+    assert (got.data, got.terminal) == want[:2], (label, got, want)
+    assert got.logp == pytest.approx(want[2], rel=1e-9)
+    assert got.terminal == EOS or not got.data.isspace()
