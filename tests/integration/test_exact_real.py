@@ -61,3 +61,20 @@ def test_chared_score_and_token_healing_on_real_models(pair):
     assert math.isfinite(score.total_bits) and score.bytes == 7
     healed = Ensemble(pair, token_healing=True).generate("The capital of Fra", max_new_chars=8)
     assert healed.text.encode("utf-8").decode("utf-8") == healed.text
+
+
+@pytest.mark.parametrize("beam_width", [1, 8])
+def test_scoring_textwrap_never_loses_every_path(beam_width):
+    """The standard library's textwrap.py around "This fun|ky": SmolLM2's beam pruned the " fun"
+    path for " func..." and nothing could read "k"; scoring then returned infinite bits. Now the
+    beam re-seeds from the text so far and the text scores finitely (beam_width=1 too)."""
+    import math
+    import textwrap
+
+    source = open(textwrap.__file__, encoding="utf-8").read()
+    cut = source.find("This funky")
+    prompt, text = source[cut - 400: cut], source[cut: cut + 160]
+    result = Ensemble([Member.load("smollm2")], mode="exact", beam_width=beam_width).score(prompt, text)
+    assert math.isfinite(result.total_bits) and result.bits_per_byte < 4, result.byte_logprobs
+    if beam_width == 1:
+        assert sum(result.reseeds.values()) >= 1  # the narrow beam did lose its paths, and recovered
