@@ -311,6 +311,9 @@ class RayPairs:
     def _get(self, refs: Any, starting: bool = False) -> Any:
         """ray.get, with a CharedError raised in an actor re-raised as itself (the CLI prints one line)."""
         ray = _ray()
+        pending = list(refs) if isinstance(refs, list) else [refs]
+        while pending:  # in slices, so Ctrl-C and SIGTERM get through while members load (see results)
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_SLICE_S)
         try:
             return ray.get(refs)
         except ray.exceptions.RayTaskError as exc:
@@ -348,8 +351,8 @@ class RayPairs:
 
         fill()
         while in_flight:
-            # subtle: a wait without a timeout blocks inside Ray's C++ core, where Python never
-            # runs its signal handlers: Ctrl-C or SIGTERM would wait for the next record
+            # subtle: a wait without a timeout blocks inside Ray's C++ core, where Python does
+            # not run its signal handlers: Ctrl-C or SIGTERM would wait for the next record
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_SLICE_S)
             if not ready:
                 continue

@@ -117,23 +117,47 @@ def assert_complete(project: Path, run_id: str) -> list[dict]:
     return got
 
 
-def test_a_run_on_the_cluster_writes_what_a_local_run_writes(project, drivers, cluster) -> None:
-    code, local_out, err = drivers.run("run", "wide", "--run-id", "local", "--no-track", ray=False)
+def test_an_ab_run_on_the_cluster_writes_and_logs_what_a_local_run_does(project, drivers, cluster) -> None:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    code, _, err = drivers.run("ab", "wide", "--run-id", "local", "--tracker", "mlflow", "--resamples", "200",
+                               ray=False, MLFLOW_TRACKING_URI=uri)
     assert code == 0, err
-    code, ray_out, err = drivers.run("run", "wide", "--run-id", "onray", "--no-track")
+    code, _, err = drivers.run("ab", "wide", "--run-id", "onray", "--tracker", "mlflow", "--resamples", "200",
+                               MLFLOW_TRACKING_URI=uri)
     assert code == 0, err
     assert "on Ray at 127.0.0.1:" in err and "2 actor(s), 1 torch thread(s) each" in err
-    pids = [int(m.group(3)) for m in map(ACTOR_LINE.match, err.splitlines()) if m]
-    assert len(set(pids)) == 2  # two actor processes ...
+    assert len({int(m.group(3)) for m in map(ACTOR_LINE.match, err.splitlines()) if m}) == 2
+    # the records: the same pairs with the same outputs and scores (written in another order)
     same = ("sample_id", "variant", "sample_index", "prompt", "output", "parsed", "scores", "error",
             "finish_reason", "forward_passes", "inputs", "reference", "domain", "workflow", "template_hash")
     key = lambda r: json.dumps({k: r[k] for k in same}, sort_keys=True)  # noqa: E731
     assert sorted(map(key, assert_complete(project, "onray"))) == sorted(map(key, assert_complete(project, "local")))
-    drop_latency = lambda out: {v: {k: x for k, x in s.items() if k != "latency_s"} for v, s in json.loads(out).items()}  # noqa: E731
-    assert drop_latency(ray_out) == drop_latency(local_out)
     run_of = lambda run_id: json.loads((project / "runs" / run_id / "run.json").read_text())["run"]  # noqa: E731
-    assert run_of("onray")["variants"] == run_of("local")["variants"]  # tokenizer families from the actors
+    assert run_of("onray")["variants"] == run_of("local")["variants"]  # tokenizer families, from the actors
     assert run_of("onray")["finished_at"] is not None
+    # the report and MLflow: the same numbers, logged by the driver as for a local run
+    def ab_of(run_id: str) -> list:
+        rows = json.loads((project / "runs" / run_id / "report" / "ab.json").read_text())["variants"]
+        return [r for r in rows if r["metric"] not in ("latency_s", "chars_per_s")]
+
+    assert ab_of("onray") == ab_of("local") != []
+    assert logged(uri, "onray") == logged(uri, "local")
+    assert logged(uri, "local")["five"][1]["exact"] == 0.5  # s1, s3, s5, s7 want a 5
+
+
+def logged(uri: str, run_id: str) -> dict:
+    """What MLflow holds for one chared run: per variant, its params and its non-timing metrics."""
+    from chared_flows.tracking.mlflow import make_client
+
+    client, _ = make_client(uri)
+    experiment = client.get_experiment_by_name("chared/wide")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`chared.run_id` = '{run_id}'")
+    timing = ("latency", "chars_per_s", "wall", "duration")
+    children = {r.data.tags["chared.variant"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {"five", "mix-w0.5"}
+    return {name: ({k: v for k, v in r.data.params.items() if "run_id" not in k},
+                   {k: v for k, v in r.data.metrics.items() if not any(t in k for t in timing)})
+            for name, r in children.items()}
 
 
 @pytest.mark.parametrize("restarts, news", [
