@@ -35,6 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# Records are small: a small object store per node (Ray's default takes 30% of the RAM in /dev/shm)
+OBJECT_STORE_BYTES = 200 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -67,6 +69,7 @@ class LocalRayCluster:
             head = subprocess.Popen(
                 [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                  f"--num-cpus={head_cpus}", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                 f"--object-store-memory={OBJECT_STORE_BYTES}",
                  "--temp-dir", str(temp_dir)],
                 env=cluster_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 start_new_session=True,
@@ -140,7 +143,7 @@ def _run_node(address: str, cpus: int) -> None:
 
     params = ray._private.parameter.RayParams(
         gcs_address=address, node_ip_address="127.0.0.1", num_cpus=cpus, num_gpus=0,
-        object_store_memory=100 * 1024 * 1024, include_log_monitor=False, dashboard_agent_listen_port=None,
+        object_store_memory=OBJECT_STORE_BYTES, include_log_monitor=False, dashboard_agent_listen_port=None,
     )
     ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
     # ready once the cluster counts this node alive
