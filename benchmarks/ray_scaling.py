@@ -104,8 +104,8 @@ def main() -> None:
             cluster.stop()
         shutil.rmtree(project, ignore_errors=True)
     base = results[0][1]
-    print(f"\n| configuration | chars | decoding window s | chars/s | vs local | command wall s | "
-          f"texts = local | load avg before -> after |")
+    print("\n| configuration | chars | decoding window s | chars/s | vs local | command wall s | "
+          "texts = local | load avg before -> after |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, r in results:
         same = sum(r["texts"][k] == v for k, v in base["texts"].items())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO, error_lines, make_project, record_lines, wait_for
+from tests.support.processes import error_lines, make_project, record_lines, wait_for
 
 pytest.importorskip("ray")
 
