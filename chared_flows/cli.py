@@ -11,6 +11,7 @@ trackers are told, so its MLflow runs end KILLED).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -195,6 +196,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8,
                    help="pairs decoding at once; their forward passes run batched (default 8; 1: one at a time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ray = p.add_argument_group("Ray (extra: ray): pairs decode on a cluster; this process keeps the records and trackers")
+    ray.add_argument("--ray", metavar="ADDRESS",
+                     help="run the pairs on the Ray cluster at ADDRESS (its head's host:port, or 'auto')")
+    ray.add_argument("--ray-actors", type=int, metavar="N",
+                     help="Ray actors, each loading its variants' members once and decoding --batch-size pairs "
+                          "at once with --threads torch threads (default 1)")
+    ray.add_argument("--ray-max-restarts", type=int, metavar="N",
+                     help="times Ray restarts a dead actor and retries its pairs before this process "
+                          "starts a new actor and resubmits them (default 3)")
+    ray.add_argument("--ray-runtime-env", metavar="JSON",
+                     help="a Ray runtime_env for the actors, as JSON text or a .json file "
+                          "(env_vars, working_dir, pip, worker_process_setup_hook, ...)")
 
 
 TRACKERS = ("mlflow", "promptlayer")
@@ -236,12 +249,38 @@ def dataset_overrides(args: argparse.Namespace) -> dict:
     return {"path": args.dataset_path}
 
 
+def pair_executor(args: argparse.Namespace):
+    """Where the pairs run: threads in this process, or Ray actors with `--ray` (checked before models load)."""
+    from chared_flows.flow.pairs import LocalPairs
+
+    if not args.ray:
+        for flag, value in (("--ray-actors", args.ray_actors), ("--ray-max-restarts", args.ray_max_restarts),
+                            ("--ray-runtime-env", args.ray_runtime_env)):
+            if value is not None:
+                raise ConfigError(f"{flag} needs --ray ADDRESS (the Ray cluster to run on)")
+        return LocalPairs
+    import functools
+
+    from chared_flows.flow.distributed import (
+        DEFAULT_MAX_RESTARTS, RayPairs, check_reachable, parse_runtime_env, require_ray,
+    )
+
+    require_ray()
+    options = dict(address=args.ray, actors=1 if args.ray_actors is None else args.ray_actors, threads=args.threads,
+                   max_restarts=DEFAULT_MAX_RESTARTS if args.ray_max_restarts is None else args.ray_max_restarts,
+                   runtime_env=parse_runtime_env(args.ray_runtime_env))
+    RayPairs(None, 1, **options)  # checks the values now, before anything runs
+    check_reachable(args.ray)  # a dead address is one line before the run directory is touched
+    return functools.partial(RayPairs, **options)
+
+
 def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=None):
     """The WorkflowRunner for `run` and `ab`, with its trackers; returns (runner, fanout)."""
     from chared_flows.flow.runner import WorkflowRunner
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit} must be at least 1")
+    executor = pair_executor(args)
     resolved = workflow_store(args).resolve(args.workflow)
     overrides = dataset_overrides(args)
     workflow_store(args).check_samples(resolved, {**resolved.spec.dataset, **overrides}, args.limit)
@@ -250,12 +289,14 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
     runner = WorkflowRunner(
         resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit, sinks=[fanout],
         progress=not args.no_progress and sys.stderr.isatty(), dataset_overrides=overrides,
-        interleave=interleave, finisher=finisher, batch_size=args.batch_size,
+        interleave=interleave, finisher=finisher, batch_size=args.batch_size, executor=executor,
     )
     threads = set_threads(args.threads)
+    where = f"torch threads: {threads}" if not args.ray else \
+        f"on Ray at {args.ray}: {args.ray_actors or 1} actor(s), {args.threads or 1} torch thread(s) each"
     print(
         f"run {runner.run_id}: {len(resolved.variants)} variants -> {runner.results.path} "
-        f"(trackers: {', '.join(names) or 'none'}; torch threads: {threads})",
+        f"(trackers: {', '.join(names) or 'none'}; {where})",
         file=sys.stderr,
     )
     return runner, fanout
@@ -292,12 +333,19 @@ def report_tracker_failures(fanout, runner) -> int:
 
 
 def drain_and_report(runner, fanout) -> tuple[int, int]:
-    """drain(), then the trackers' failures, even when the run was interrupted: (new records, exit code)."""
+    """drain(), then the trackers' failures, even when the run was interrupted: (new records, exit code).
+
+    subtle: stdout carries the command's result only (the summary JSON, the report paths),
+    so while pairs run whatever a library prints there goes to stderr: Ray's driver prints
+    its workers' failures ("Task PairActor.run failed ... will be retried") to stdout from a
+    thread of its own, which would make `chared run ... | jq` fail.
+    """
     new = 0
-    try:
-        new = drain(runner)
-    finally:
-        code = report_tracker_failures(fanout, runner)
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            new = drain(runner)
+        finally:
+            code = report_tracker_failures(fanout, runner)
     return new, code
 
 

@@ -28,9 +28,10 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from tqdm import tqdm
 
 import chared_flows
-from chared_flows.errors import CharedError, WorkflowError
+from chared_flows.errors import WorkflowError
 from chared_flows.evaluation.base import Sample, load_dataset
 from chared_flows.flow.loader import ResolvedWorkflow
+from chared_flows.flow.pairs import LLMFactory, LocalPairs, PairExecutor, PairRunner
 from chared_flows.flow.results import ResultsFile, RunLock, write_atomically
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec
 
@@ -47,7 +48,9 @@ class RunSink(Protocol):
     def on_run_end(self, run: RunRecord, summary: dict[str, Any], artifacts: list[Path]) -> None: ...
 
 
-LLMFactory = Callable[[VariantSpec], Any]
+# Where pairs run: given the PairRunner and the batch size, an executor (flow/pairs.py);
+# LocalPairs (threads in this process) by default, distributed.RayPairs for `--ray`.
+ExecutorFactory = Callable[[PairRunner, int], PairExecutor]
 # Called once every pair is done, before the sinks' on_run_end; the paths it returns
 # (a report, plots) are handed to the sinks as artifacts with the results file.
 Finisher = Callable[[RunRecord, list[SampleRecord]], list[Path]]
@@ -78,11 +81,14 @@ class WorkflowRunner:
         interleave: bool = False,
         finisher: Finisher | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        executor: ExecutorFactory = LocalPairs,
     ):
         """`dataset_overrides` replace keys of the workflow's dataset reference (e.g. a local
         `path`) without changing the workflow's identity; `interleave` runs every variant on
         sample 1, then on sample 2, ..., so a run cut short still has complete pairs for
-        paired comparisons (the default runs variant by variant)."""
+        paired comparisons (the default runs variant by variant). `executor` decides where
+        pairs run (flow/pairs.py); whatever it is, this process keeps the lock, the records
+        file and the sinks."""
         self.workflow = workflow
         self.run_id = run_id or new_run_id(workflow.spec.name)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_id):
@@ -99,6 +105,7 @@ class WorkflowRunner:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise WorkflowError(f"batch size {batch_size!r} must be an integer >= 1 (1 runs one pair at a time)")
         self.batch_size = batch_size
+        self.executor = executor
 
     @property
     def dataset_ref(self) -> dict[str, Any]:
@@ -183,22 +190,26 @@ class WorkflowRunner:
             todo = [(v, s) for s in samples for v in self.workflow.variants if (s.id, v.name) not in done]
         else:
             todo = [(v, s) for v in self.workflow.variants for s in samples if (s.id, v.name) not in done]
-        # Members load here, before on_run_start, so the run record names each member's
-        # tokenizer family and a bad model spec fails before anything is logged.
-        chains = self._chains({v.name for v in self.workflow.variants})
-        run.variants = self.workflow.variants = [self._with_families(v, chains.get(v.name)) for v in run.variants]
-        self._notify("on_run_start", run)
+        executor = self.executor(PairRunner(self.workflow, self._identity(), self.llm_factory), self.batch_size)
         try:
-            yield from self._run_pairs(run, samples, finished, todo, chains)
-        except BaseException as exc:
-            # subtle: GeneratorExit (the caller stopped iterating) and KeyboardInterrupt are
-            # interruptions, anything else a failure; either way trackers must not leave the
-            # run looking alive (an MLflow run would stay RUNNING forever).
-            status = "FAILED" if isinstance(exc, Exception) else "KILLED"
-            self._notify_optional("on_run_abort", run, status)
-            raise
+            # Members load here, before on_run_start, so the run record names each member's
+            # tokenizer family and a bad model spec fails before anything is logged.
+            families = executor.prepare(list(self.workflow.variants), todo)
+            run.variants = self.workflow.variants = [self._with_families(v, families.get(v.name)) for v in run.variants]
+            self._notify("on_run_start", run)
+            try:
+                yield from self._run_pairs(run, samples, finished, todo, executor)
+            except BaseException as exc:
+                # subtle: GeneratorExit (the caller stopped iterating) and KeyboardInterrupt are
+                # interruptions, anything else a failure; either way trackers must not leave the
+                # run looking alive (an MLflow run would stay RUNNING forever).
+                status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+                self._notify_optional("on_run_abort", run, status)
+                raise
+        finally:
+            executor.close()
 
-    def _run_pairs(self, run, samples, finished, todo, chains) -> Iterator[SampleRecord]:
+    def _run_pairs(self, run, samples, finished, todo, executor: PairExecutor) -> Iterator[SampleRecord]:
         # subtle: a resumed run is a new run for the sinks, so they are given the records
         # finished earlier too and end up with the whole run; each tracker makes the replay
         # idempotent (MLflow reuses the run's MLflow runs, PromptLayer's outbox keys pairs).
@@ -210,8 +221,11 @@ class WorkflowRunner:
                     record.sample_index = index[record.sample_id]
                 self._notify("on_record", record)
         bar = tqdm(total=len(todo), desc=self.run_id, unit="sample", disable=not self.progress, leave=False)
+        results = executor.results(todo)
         try:
-            for (variant, sample), record in zip(todo, self._records(todo, chains)):
+            # Records are written as they come: in todo order from LocalPairs, in the order
+            # they finish from Ray actors (sample_index keeps each record's place).
+            for (variant, sample), record in results:
                 record.sample_index = index[sample.id]
                 self.results.put(record)
                 self._notify("on_record", record)
@@ -219,6 +233,7 @@ class WorkflowRunner:
                 bar.set_postfix_str(variant.name, refresh=False)
                 yield record
         finally:
+            results.close()  # an interrupted run stops its generations in flight now, not at garbage collection
             bar.close()
         run.finished_at = time.time()
         self._write_run_file(run)
@@ -228,126 +243,15 @@ class WorkflowRunner:
             artifacts += self.finisher(run, all_records)
         self._notify("on_run_end", run, summarize(all_records), artifacts)
 
-    def _records(self, todo: list, chains: dict) -> Iterator[SampleRecord]:
-        """Each pair's record, in `todo` order; up to `batch_size` pairs decode at once.
-
-        Pairs in flight run in worker threads; their forward passes meet in the members'
-        schedulers and run as batched forwards (decoding/scheduler.py). Records are still
-        written one by one, in order, by the caller. Subtle: if the caller stops (Ctrl-C,
-        an error, a closed generator) the generations in flight are cancelled, not
-        waited for, and pairs not started are never started.
-        """
-        if self.batch_size == 1:
-            for variant, sample in todo:
-                yield self._run_one(chains[variant.name], variant, sample)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        from chared_flows.decoding.decoder import CancelToken, cancellable
-
-        token = CancelToken()
-
-        def work(pair):
-            with cancellable(token):
-                return self._run_one(chains[pair[0].name], *pair)
-
-        pool = ThreadPoolExecutor(max_workers=self.batch_size, thread_name_prefix="chared-pair")
-        pending: list = []
-        pairs = iter(todo)
-        finished = False
-        try:
-            for pair in pairs:
-                pending.append(pool.submit(work, pair))
-                if len(pending) >= self.batch_size:
-                    break
-            while pending:
-                record = pending.pop(0).result()
-                for pair in pairs:  # keep the window full
-                    pending.append(pool.submit(work, pair))
-                    break
-                yield record
-            finished = True
-        finally:
-            if not finished:
-                token.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-
     def run_all(self) -> list[SampleRecord]:
         return list(self.run())
 
-    def _chains(self, names: set[str]) -> dict[str, tuple[Any, Any]]:
-        """variant name -> (chain, llm) for the variants with work left."""
-        from chared_flows.integrations.langchain import build_chain
-
-        out = {}
-        for variant in self.workflow.variants:
-            if variant.name in names:
-                llm = self.llm_factory(variant)
-                out[variant.name] = (build_chain(self.workflow.template.render, llm, self.workflow.parser), llm)
-        return out
-
     @staticmethod
-    def _with_families(variant: VariantSpec, chain_and_llm: tuple[Any, Any] | None) -> VariantSpec:
-        """The variant with each member's tokenizer family filled in (loads the members)."""
-        families = getattr(chain_and_llm[1], "tokenizer_families", None) if chain_and_llm else None
+    def _with_families(variant: VariantSpec, families: list[str] | None) -> VariantSpec:
+        """The variant with each member's tokenizer family filled in (as its executor reported them)."""
         if families is None or variant.tokenizer_families:
             return variant
-        return dataclasses.replace(variant, tokenizer_families=tuple(families()))
-
-    def _run_one(self, chain_and_llm: tuple[Any, Any], variant: VariantSpec, sample: Sample) -> SampleRecord:
-        from chared_flows.integrations.langchain import GenerationInfoCollector
-
-        chain, llm = chain_and_llm
-        record = self._blank_record(variant, sample)
-        collector = GenerationInfoCollector()
-        started = time.perf_counter()
-        try:
-            record.prompt = self.workflow.template.render(sample.inputs)
-            result = chain.invoke(sample.inputs, config={"callbacks": [collector], "run_name": variant.name})
-        except CharedError as exc:  # a user-visible problem with this sample: keep it, go on
-            record.error = f"{type(exc).__name__}: {exc}"
-            record.latency_s = time.perf_counter() - started
-            record.timestamp = time.time()
-            return record
-        record.latency_s = time.perf_counter() - started
-        record.timestamp = time.time()  # the end of the call: it ran from timestamp - latency_s
-        record.output, record.parsed = result["output"], result["parsed"]
-        if _cancelled():
-            record.error = "cancelled"  # the run is being interrupted: never written, not scored
-            return record
-        info = collector.info
-        record.finish_reason = str(info.get("finish_reason", ""))
-        record.forward_passes = int(info.get("total_forward_passes", 0))
-        record.generation = generation_summary(info)
-        decode_s = float(info.get("wall_time_s") or record.latency_s)
-        record.chars_per_s = len(record.output) / decode_s if decode_s > 0 else 0.0
-        try:
-            for scorer in self.workflow.scorers:
-                record.scores.update(self._score(scorer, llm, variant, sample, record))
-        except CharedError as exc:  # e.g. a text too long to score: keep the record, mark it
-            record.error = f"scorer: {type(exc).__name__}: {exc}"
-        return record
-
-    @staticmethod
-    def _score(scorer: Any, llm: Any, variant: VariantSpec, sample: Sample, record: SampleRecord) -> dict[str, float]:
-        """A scorer's numbers; one that reads the model (bits per character) gets the variant's members."""
-        if not getattr(scorer, "needs_model", False):
-            return scorer.score(sample, record.output, record.parsed)
-        members = getattr(llm, "loaded_members", None)
-        if members is None:
-            raise WorkflowError(f"scorer {scorer.name!r} needs a CharED model; variant {variant.name!r} has none")
-        return scorer.score_model(sample, lambda mode: scoring_ensemble(members(), variant, mode))
-
-    def _blank_record(self, variant: VariantSpec, sample: Sample) -> SampleRecord:
-        return SampleRecord(
-            **self._identity(),
-            variant=variant.name,
-            sample_id=sample.id,
-            inputs=dict(sample.inputs),
-            output="",
-            reference=sample.reference,
-            domain=sample.domain,
-        )
+        return dataclasses.replace(variant, tokenizer_families=tuple(families))
 
     def _identity(self) -> dict[str, Any]:
         """The fields that tie a run and each of its records to one workflow and template version."""
@@ -374,32 +278,6 @@ class WorkflowRunner:
                     method(*args)
                 except Exception:  # noqa: BLE001 - the original exception is what the caller sees
                     pass
-
-
-def _cancelled() -> bool:
-    from chared_flows.decoding.decoder import cancel_requested
-
-    return cancel_requested()
-
-
-def scoring_ensemble(members: list[Any], variant: VariantSpec, mode: str) -> Any:
-    """The variant's members, weights and rule as an Ensemble in `mode` (scoring: "exact" by default).
-
-    `mode="variant"` keeps the variant's own mode. Beam settings come from the variant's
-    decoding parameters when it sets them.
-    """
-    from chared_flows.decoding import Ensemble
-
-    options = {k: variant.decoding[k] for k in ("beam_width", "prune_threshold") if k in variant.decoding}
-    raw = [m.with_chat(False) for m in members]  # the text is scored as it is, not as a chat turn
-    return Ensemble(raw, weights=variant.weights, mode=variant.mode if mode == "variant" else mode,
-                    rule=variant.rule, **options)
-
-
-def generation_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """What a tracker needs about one generation: rounds and per-member token counts."""
-    keys = ("rounds", "chars", "wall_time_s", "forward_passes", "prompt_tokens", "output_tokens", "tokens_fed")
-    return {k: info[k] for k in keys if k in info}
 
 
 def dataset_hash(samples: list[Sample]) -> str:

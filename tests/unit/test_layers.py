@@ -8,7 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "chared_flows"
 OPTIONAL_SDKS = {"mlflow": "tracking/mlflow.py", "promptlayer": "tracking/promptlayer.py",
-                 "langchain_core": "integrations/langchain.py", "langchain": "integrations/langchain.py"}
+                 "langchain_core": "integrations/langchain.py", "langchain": "integrations/langchain.py",
+                 "ray": "flow/distributed.py"}
 
 
 def modules():
@@ -69,3 +70,10 @@ def test_nothing_imports_the_cli():
     for path in modules():
         if rel(path) != "cli.py":
             assert "chared_flows.cli" not in imports_of(path), rel(path)
+
+
+def test_only_the_cli_reaches_the_ray_module():
+    """A local run never imports Ray: only `--ray` (in the CLI) loads flow/distributed.py."""
+    for path in modules():
+        if rel(path) not in ("cli.py", "flow/distributed.py"):
+            assert "chared_flows.flow.distributed" not in imports_of(path), rel(path)
