@@ -177,15 +177,19 @@ class MemberSession:
     def token_ids(self, generated: bytes) -> list[int] | None:
         """This member's ids for context + generated text; None if it cannot write the tail.
 
-        The member's own tokens where the decoder recorded them (`follow`: the rounds
-        it ended with one of its tokens), else the canonical tokenization. Subtle: a
-        round may end inside a multi-byte character (a byte-level token can hold half
-        an emoji); canonically, the complete part is tokenized and the incomplete tail
-        is fed as single-byte tokens.
+        The member's own tokens where the decoder recorded them (`follow`), else the
+        canonical tokenization.
         """
         own = self._own.get(bytes(generated))
-        if own is not None:
-            return list(own)
+        return list(own) if own is not None else self.canonical_ids(generated)
+
+    def canonical_ids(self, generated: bytes) -> list[int] | None:
+        """Canonical ids of context + generated text; None if this member cannot write its tail.
+
+        Subtle: a round may end inside a multi-byte character (a byte-level token can hold
+        half an emoji). The complete part is tokenized canonically; the incomplete tail is
+        fed as single-byte tokens.
+        """
         complete, tail = split_complete(generated)
         ids = self._start_ids + self.member.encode(self.context_text + complete.decode("utf-8"), self._add_special)
         for byte in tail:
@@ -196,19 +200,50 @@ class MemberSession:
         return ids
 
     def follow(self, origin: bytes, written: bytes, token: int | None) -> None:
-        """A round opened after `origin` wrote `written` and ended with this member's `token`.
+        """A round opened after `origin` wrote `written`; `token`: this member's token that ended it.
 
-        The member then continues from its own tokens, as its own decoding would, instead
-        of the canonical re-tokenization: after "\n   " the canonical split of a text may
-        differ from the tokens the model wrote, and a model that sees a split it never
-        writes drifts (SmolLM2 then writes runs of newlines). With one member at weight 1,
-        this is what makes greedy decoding reproduce the model's own greedy text.
+        The member continues from its own tokens, as its own decoding would, instead of
+        re-reading the whole text canonically (see continued_ids).
         """
-        if token is None:
-            return
-        base = self.token_ids(origin)
-        if base is not None:
-            self._own[bytes(origin) + bytes(written)] = base + [token]
+        ids = self.continued_ids(self.token_ids(origin), origin, written, token)
+        if ids is not None:
+            self._own[bytes(origin) + bytes(written)] = ids
+
+    def continued_ids(self, base: Sequence[int] | None, origin: bytes, written: bytes,
+                      token: int | None) -> list[int] | None:
+        """This member's ids after a round that wrote `written` on top of `base` (the ids of `origin`).
+
+        - The round ended with this member's own token: base + [token]. After "\n   " the
+          canonical split of a text may differ from the tokens the model wrote, and a model
+          that sees a split it never writes drifts (SmolLM2 then writes runs of newlines);
+          with one member at weight 1 this makes greedy reproduce the model's own greedy text.
+        - Another member ended the round inside this member's token: base + the canonical
+          tokens of `written` alone. Subtle: re-tokenizing the *whole* text instead would
+          rewrite tokens this member wrote rounds ago (a canonical merge across an old
+          boundary), roll its cache back past them and feed them again (Gemma-3 fed 1.8
+          tokens per output token that way).
+        - Anything else (no base, a round starting inside a character, a tokenizer that
+          does not tokenize a fragment literally): the canonical tokenization of the text.
+        """
+        if base is not None and token is not None:
+            return list(base) + [token]
+        fragment = None if base is None or split_complete(bytes(origin))[1] else self._fragment_ids(written)
+        if fragment is not None:
+            return list(base) + fragment
+        return self.canonical_ids(bytes(origin) + bytes(written))
+
+    def _fragment_ids(self, written: bytes) -> list[int] | None:
+        complete, tail = split_complete(bytes(written))
+        ids = self.member.encode(complete.decode("utf-8"), add_special_tokens=False) if complete else []
+        vocab = self.member.assets.vocab
+        if b"".join(vocab.tokens[i] or b"\0" for i in ids) != complete:
+            return None  # e.g. a SentencePiece dummy prefix: not this fragment's bytes
+        for byte in tail:
+            token = vocab.single_byte_token(byte)
+            if token is None:
+                return None
+            ids.append(token)
+        return ids
 
     def keep_only(self, generated: bytes) -> None:
         """Forget recorded tokens of texts other than `generated` (a search's rejected candidates)."""

@@ -184,7 +184,7 @@ def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_al
         if dist is None:
             return
         if dist[END] > 0:  # never at the round's start
-            following = _state_after(sessions, key, node, data[:i])
+            following = _state_after(sessions, key, node, data[:j], data[j:i])
             states[i][following] = np.logaddexp(states[i].get(following, -math.inf), log_round + math.log(dist[END]))
         byte = data[i]
         if not dist[byte] > 0:
@@ -194,8 +194,8 @@ def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_al
         node = node.advance(byte)
 
 
-def _state_after(sessions, key: tuple, node: EnsembleRound, written: bytes) -> tuple:
-    """Each member's ids once the round ends here: its own token if it has one equal, else canonical."""
+def _state_after(sessions, key: tuple, node: EnsembleRound, origin: bytes, written: bytes) -> tuple:
+    """Each member's ids once the round ends here, as generation records them (MemberSession.follow)."""
     out = []
     alone = sum(m is not None for m in node.members) == 1
     for session, ids, member in zip(sessions, key, node.members):
@@ -203,9 +203,6 @@ def _state_after(sessions, key: tuple, node: EnsembleRound, written: bytes) -> t
             out.append(None)
             continue
         token = member.ending_token(alone) if member is not None else None
-        if token is not None and ids is not None:
-            out.append(ids + (token,))
-        else:
-            canonical = session.token_ids(written)
-            out.append(None if canonical is None else tuple(canonical))
+        following = session.continued_ids(ids, origin, written, token)
+        out.append(None if following is None else tuple(following))
     return tuple(out)

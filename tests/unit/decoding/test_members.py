@@ -180,3 +180,19 @@ def test_a_failed_pass_leaves_the_runner_consistent():
     model.forward = forward
     torch.testing.assert_close(runner.next_logits([3, 4, 5, 6]), reference.next_logits([3, 4, 5, 6]),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "byte_fallback"])
+def test_a_member_cut_by_another_continues_its_own_history(kind):
+    """A round another member ended inside this member's token: the new text's tokens are added to
+    the member's own ids; the tokens it wrote in earlier rounds are never rewritten."""
+    member = tiny_member(kind)
+    session = member.open_session("Tom")
+    base = session.token_ids(b"") + member.encode(" ha", add_special_tokens=False)
+    session._own[b" ha"] = list(base)  # rounds so far: "Tom" + " ha" (its own tokens)
+    session.follow(b" ha", b"s 3", None)  # the next round, cut by another member
+    ids = session.token_ids(b" has 3")
+    assert ids[: len(base)] == base  # history kept: no canonical merge of " ha" + "s"
+    assert b"".join(member.assets.vocab.tokens[i] for i in ids[len(base):]) == b"s 3"
+    session.follow(b" has 3", b"\xf0\x9f", None)  # half an emoji: single-byte tokens
+    assert session.token_ids(b" has 3\xf0\x9f")[: len(ids)] == ids
