@@ -243,7 +243,14 @@ class ExactBeam:
                 self.window_full = True
                 self.paths = []
                 return []
-        return [(p, self.session.submit_probs(p.ids, parent=p.parent_cache, fork=True)) for p in owed]
+        queued = []
+        for path in owed:
+            known = self.session.prefilled(path.ids)
+            if known is not None:  # scoring: a prefix of the text's canonical tokens, computed at once
+                self.settle(path, known)
+            else:
+                queued.append((path, self.session.submit_probs(path.ids, parent=path.parent_cache, fork=True)))
+        return queued
 
     def settle(self, path: Path, result: tuple) -> None:
         path.probs, path.eos, path.cache = result

@@ -314,6 +314,24 @@ class MemberSession:
             self._sorted_ids, self._eos_ids = self._sorted_ids.to(device), self._eos_ids.to(device)
         return self._sorted_ids, self._eos_ids
 
+    def prefill_text(self, text: bytes) -> None:
+        """Exact scoring: one pass over the canonical tokens of prompt + `text` serves every pass
+        owed on a prefix of them (`prefilled`). Backends without `prefill` keep one pass each."""
+        prefill = getattr(self.member.assets.backend, "prefill", None)
+        ids = self.canonical_ids(text)
+        if prefill is None or not ids or not self.fits(ids):
+            return
+        self._prefill = prefill(ids)
+        self.forked.add(PassCounts(forward_passes=1, tokens_fed=len(ids)))
+
+    def prefilled(self, ids: Sequence[int]) -> tuple | None:
+        """(sorted probs, EOS mass, snapshot) for `ids` from the prefill, or None if it does not cover them."""
+        prefill = getattr(self, "_prefill", None)
+        if prefill is None or not prefill.covers(ids):
+            return None
+        probs, eos = self._probs(prefill.logits_after(ids))
+        return probs, eos, prefill.snapshot_after(ids)
+
     def pass_counts(self) -> "PassCounts":
         """Every forward pass this session ran: its own runner's and its forked runners'."""
         return PassCounts.of(self.runner) + self.forked

@@ -41,6 +41,23 @@ class CacheSnapshot:
     logits: torch.Tensor | None
 
 
+class Prefill:
+    """A pass over a whole token sequence, served prefix by prefix as if each had its own pass."""
+
+    def __init__(self, model: Any, ids: list[int], cache: Any, logits: torch.Tensor):
+        self.model, self.ids, self.cache, self.logits = model, ids, cache, logits
+
+    def covers(self, ids: Sequence[int]) -> bool:
+        return 0 < len(ids) <= len(self.ids) and list(ids) == self.ids[: len(ids)]
+
+    def logits_after(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.logits[len(ids) - 1]
+
+    def snapshot_after(self, ids: Sequence[int]) -> CacheSnapshot:
+        """A runner snapshot holding exactly `ids` (views of the prefill's cache, no copy)."""
+        return CacheSnapshot(tuple(ids), _row_view(self.model, self.cache, 0, 0, len(ids)), self.logits_after(ids))
+
+
 class CachedRunner:
     """A HF causal LM stepped with a DynamicCache kept across calls."""
 
@@ -287,6 +304,20 @@ class TransformersBackend:
                     values[b, :, held - keep:] = row.values[0, :, :keep]
             _fill_layer(layer, keys, values, held)
         return stacked
+
+    def prefill(self, token_ids: Sequence[int]) -> "Prefill":
+        """One forward pass over a whole sequence: the logits after each prefix, and its cache.
+
+        Scoring a known text in exact mode owes a pass for every prefix of the text's
+        canonical tokenization; one pass over all of them costs about as much as a few
+        one-token passes (the same weights, read once).
+        """
+        ids = list(token_ids)
+        cache = new_cache(self.model)
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], device=_model_device(self.model)), use_cache=True,
+                             **{self._cache_arg: cache})
+        return Prefill(self.model, ids, getattr(out, self._cache_arg), out.logits[0].float())
 
     def identity(self) -> dict[str, Any]:
         config = getattr(self.model, "config", None)

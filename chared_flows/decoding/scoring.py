@@ -121,6 +121,9 @@ def scoring(score):
 @scoring
 def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     cfg = ens.config
+    for session in sessions:
+        if session is not None:
+            session.prefill_text(text.encode("utf-8"))
     beams = [None if s is None else ExactBeam.start(s, cfg.beam_width, cfg.prune_threshold) for s in sessions]
     source = ExactSource(beams, ens.combine, ens.weights)
     logprobs = []

@@ -197,3 +197,19 @@ def test_narrow_beam_generation_keeps_every_member_writing():
     for seed in range(3):
         result = ens.generate("Emoji: 😀 你好", max_new_chars=20, temperature=1.2, seed=seed)
         assert result.text and not result.stats.abstentions, result.stats
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "byte_fallback"])
+def test_scoring_with_the_prefilled_canonical_tokens_equals_pass_by_pass(kind, monkeypatch):
+    """One pass over the text's canonical tokens serves the beam's canonical prefixes: same bits."""
+    from chared_flows.decoding.members import MemberSession
+
+    member = f64_member(kind, seed=5)
+    ens = Ensemble([member], mode="exact", prune_threshold=1e-4)
+    text = " has 3 apples. Café 😀\n    return a + b"
+    prefilled = ens.score("Tom", text)
+    monkeypatch.setattr(MemberSession, "prefill_text", lambda self, text: None)
+    pass_by_pass = ens.score("Tom", text)
+    np.testing.assert_allclose(prefilled.byte_logprobs, pass_by_pass.byte_logprobs, rtol=1e-9, atol=1e-12)
+    name = ens.names[0]
+    assert prefilled.forward_passes[name] < pass_by_pass.forward_passes[name]
