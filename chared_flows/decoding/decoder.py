@@ -487,8 +487,8 @@ class _Decoding:
             self._finish("length")  # a path reached a member's context window
             return
         if self.config.greedy:
-            unit = self._pick(self.exact.lookahead(), extend=self._next_lookahead,
-                              may_end=whole_characters_past_whitespace)
+            may_end = whole_characters_past_whitespace if self._ends_in_whitespace() else whole_characters
+            unit = self._pick(self.exact.lookahead(), extend=self._next_lookahead, may_end=may_end)
         else:
             unit = self._pick(self.exact)
         if unit is None:
@@ -501,6 +501,13 @@ class _Decoding:
                 return
         if unit.terminal == EOS:
             self._finish("eos")
+
+    def _ends_in_whitespace(self) -> bool:
+        """Whether the text the members read so far (prompt, then output) ends in whitespace."""
+        if self.out:
+            return bytes(self.out[-1:]).isspace()
+        prompt = next((s.context_text for s in self.sessions if s is not None), "")
+        return prompt[-1:].isspace()
 
     # --- shared -----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from chared_flows.decoding.utf8 import next_byte_mask
 from chared_flows.decoding.index import EOS, NUM_OPTIONS
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.decoding.runner import UncachedRunner
-from tests.fixtures.tiny import PAD_ROWS, scripted_member, tiny_member, tiny_model, tokenizer_for
+from tests.fixtures.tiny import PAD_ROWS, scripted_member, table_member, tiny_member, tiny_model, tokenizer_for
 
 NO_PRUNING = dict(beam_width=65_536, prune_threshold=0.0)
 
@@ -213,3 +213,32 @@ def test_scoring_with_the_prefilled_canonical_tokens_equals_pass_by_pass(kind, m
     np.testing.assert_allclose(prefilled.byte_logprobs, pass_by_pass.byte_logprobs, rtol=1e-9, atol=1e-12)
     name = ens.names[0]
     assert prefilled.forward_passes[name] < pass_by_pass.forward_passes[name]
+
+
+def test_exact_greedy_writes_a_whitespace_token_that_beats_eos_after_other_text():
+    """P(" ") 0.5 > P(EOS) 0.2 > P(" 3") 0.17: token greedy writes " " then "3", not nothing.
+
+    (SmolLM2 after "...\\nAnswer:" writes digits as " " then "3"; joining the space with the
+    next token pitted a two-token string against EOS and the answer was empty.)
+    """
+    table = {
+        b"": {b" ": 0.5, "EOS": 0.2, b"A": 0.15, b"B": 0.15},
+        b" ": {b"1": 0.33, b"2": 0.33, b"3": 0.34},
+    }
+    result = Ensemble([table_member("Answer:", table)], mode="exact").generate("Answer:", max_new_chars=10)
+    assert result.text == " 3" and result.finish_reason == "eos"
+
+
+def test_exact_greedy_after_whitespace_still_compares_whitespace_with_the_token_after_it():
+    """Where the text already ends in whitespace, a whitespace-only unit is not a unit of its own.
+
+    After "Items:\\n" one more newline is the likeliest token (0.4) but "\\n-" (0.4 * 0.5)
+    loses to "-" (0.35): the joined unit keeps runs of whitespace from winning step by step.
+    """
+    table = {
+        b"": {b"\n": 0.4, b"-": 0.35, "EOS": 0.25},
+        b"\n": {b"-": 0.5, b"*": 0.5},
+        b"-": {b" b": 1.0},
+    }
+    result = Ensemble([table_member("Items:\n", table)], mode="exact").generate("Items:\n", max_new_chars=10)
+    assert result.text == "- b", result.text
