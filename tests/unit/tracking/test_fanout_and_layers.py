@@ -62,8 +62,15 @@ def test_an_interrupt_waits_until_the_tracker_call_is_done(run_record):
             self.calls.append("write finished")
 
     tracker = Writing()
-    with pytest.raises(KeyboardInterrupt):
-        FanOut([tracker]).on_run_start(run_record)
+    # Subtle: a process started in the background by a non-interactive shell (as CI may start
+    # the suite) inherits SIGINT ignored, and then Ctrl-C rightly does nothing; this test is
+    # about the handler a terminal gives, so it installs it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            FanOut([tracker]).on_run_start(run_record)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert tracker.calls == ["write finished"]
 
 
