@@ -30,6 +30,9 @@ from chared_flows.records import SampleRecord, VariantSpec
 TIMING = ("latency_s", "chars_per_s", "forward_passes")
 # Metrics where a smaller value is the better one (reports say so next to the numbers).
 LOWER_IS_BETTER = frozenset({"bits_per_char", "bits_per_byte", "latency_s", "forward_passes"})
+# Metrics that cannot be negative: a t interval of their mean is cut at 0 (3 texts of very
+# different bits per character gave [-0.02, 2.03], a range no mean of bits can reach).
+NON_NEGATIVE = frozenset({"bits_per_char", "bits_per_byte", *TIMING})
 
 
 def _scipy_stats():
@@ -121,18 +124,24 @@ def t_mean_ci(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def mean_ci(values: np.ndarray, alpha: float = 0.05, binary: bool | None = None) -> tuple[float, float, str]:
+def mean_ci(values: np.ndarray, alpha: float = 0.05, binary: bool | None = None,
+            non_negative: bool = False) -> tuple[float, float, str]:
     """(low, high, method) for one variant's mean: exact binomial for a 0/1 score, else t.
 
     `binary=None` decides from the values; counts and timings pass False (a column of
-    forward-pass counts that happen to be all 1 is not a proportion).
+    forward-pass counts that happen to be all 1 is not a proportion). `non_negative`
+    cuts a t interval at 0 (the method then reads "t, cut at 0").
     """
     if binary is None:
         binary = bool(len(values)) and _is_binary(values)
     if binary:
         return (*binomial_ci(int(values.sum()), len(values), alpha), "exact")
     low, high = t_mean_ci(values, alpha)
-    return low, high, "t" if len(values) >= 2 else ""
+    if len(values) < 2:
+        return low, high, ""
+    if non_negative and low < 0:
+        return 0.0, high, "t, cut at 0"
+    return low, high, "t"
 
 
 def bootstrap_mean_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0, alpha: float = 0.05):
@@ -210,7 +219,8 @@ def compare(
         for spec in variants:
             values = np.array(list(table.get(spec.name, {}).values()))
             if len(values):
-                low, high, method = mean_ci(values, binary=None if metric not in TIMING else False)
+                low, high, method = mean_ci(values, binary=None if metric not in TIMING else False,
+                                            non_negative=metric in NON_NEGATIVE)
                 result.variants.append(
                     VariantStat(spec.name, metric, len(values), float(values.mean()), low, high, method)
                 )

@@ -90,6 +90,17 @@ def test_continuous_metrics_get_a_t_interval_and_one_value_gets_none():
     assert passes["ci_method"] == "t"  # a count that happens to be 1 everywhere is not a proportion
 
 
+def test_a_t_interval_of_a_metric_that_cannot_be_negative_is_cut_at_zero():
+    # char_compare's three texts: mean 1.0037, and a t interval reaching -0.0241 bits/char
+    bits = [SampleRecord("r", "w", 1, "t", 1, "h", "a", f"s{i}", {}, "", scores={"bits_per_char": v})
+            for i, v in enumerate([0.7029, 0.8327, 1.4756])]
+    stats = compare(bits, VARIANTS[:1], metrics=["bits_per_char"]).to_dict()["variants"][0]
+    assert (stats["ci_low"], stats["ci_method"]) == (0.0, "t, cut at 0")
+    assert stats["ci_high"] == pytest.approx(2.0316, abs=1e-3)
+    scores = [rec("a", f"s{i}", v) for i, v in enumerate([-0.5, 0.1, 0.2])]  # a score may be negative
+    assert compare(scores, VARIANTS[:1]).to_dict()["variants"][0]["ci_low"] < -1
+
+
 def test_sign_test_and_mcnemar_agree_with_the_binomial_distribution():
     # 9 wins, 1 loss: two-sided binomial p = 2 * (1 + 10) / 2**10
     assert sign_test_p(np.array([1.0] * 9 + [-2.0] + [0.0] * 5)) == pytest.approx(22 / 1024)
