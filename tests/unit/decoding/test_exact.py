@@ -18,14 +18,15 @@ from tests.fixtures.tiny import PAD_ROWS, scripted_member, table_member, tiny_me
 NO_PRUNING = dict(beam_width=65_536, prune_threshold=0.0)
 
 
-def f64_member(kind: str, seed: int) -> Member:
+def f64_member(kind: str, seed: int, arch: str = "llama") -> Member:
     """A tiny model in float64, so cached (beam) and uncached (brute force) logits agree to ~1e-15.
 
     Subtle: in float32 the KV-cached and the full forward pass differ by ~1e-7,
     which would hide the combinatorics under numerical noise.
     """
     tok = tokenizer_for(kind)
-    return Member.from_pretrained(tiny_model(len(tok) + PAD_ROWS, seed=seed).double(), tok, name=f"f64-{kind}")
+    model = tiny_model(len(tok) + PAD_ROWS, seed=seed, arch=arch).double()
+    return Member.from_pretrained(model, tok, name=f"f64-{kind}-{arch}")
 
 
 class BruteForce:
@@ -199,12 +200,17 @@ def test_narrow_beam_generation_keeps_every_member_writing():
         assert result.text and not result.stats.abstentions, result.stats
 
 
-@pytest.mark.parametrize("kind", ["byte_level", "byte_fallback"])
-def test_scoring_with_the_prefilled_canonical_tokens_equals_pass_by_pass(kind, monkeypatch):
-    """One pass over the text's canonical tokens serves the beam's canonical prefixes: same bits."""
+@pytest.mark.parametrize("kind, arch", [("byte_level", "llama"), ("byte_fallback", "llama"),
+                                        ("byte_fallback", "gemma3")])
+def test_scoring_with_the_prefilled_canonical_tokens_equals_pass_by_pass(kind, arch, monkeypatch):
+    """One pass over the text's canonical tokens serves the beam's canonical prefixes: same bits.
+
+    (gemma3: a 6-token sliding window, shorter than the text, so the prefill's snapshots of
+    early prefixes must come from the sliding layers' full history.)
+    """
     from chared_flows.decoding.members import MemberSession
 
-    member = f64_member(kind, seed=5)
+    member = f64_member(kind, seed=5, arch=arch)
     ens = Ensemble([member], mode="exact", prune_threshold=1e-4)
     text = " has 3 apples. Café 😀\n    return a + b"
     prefilled = ens.score("Tom", text)
