@@ -14,12 +14,13 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from chared_flows.errors import CharedError, ConfigError
 
@@ -195,7 +196,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own, i.e. $OMP_NUM_THREADS)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="pairs decoding at once; their forward passes run batched (default 8; 1: one at a time)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (default: a bar on a terminal, else a line every 30 s)")
     ray = p.add_argument_group("Ray (extra: ray): pairs decode on a cluster; this process keeps the records and trackers")
     ray.add_argument("--ray", metavar="ADDRESS",
                      help="run the pairs on the Ray cluster at ADDRESS (its head's host:port, or 'auto')")
@@ -288,7 +290,7 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
     fanout = build_trackers(names, resolved)
     runner = WorkflowRunner(
         resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit, sinks=[fanout],
-        progress=not args.no_progress and sys.stderr.isatty(), dataset_overrides=overrides,
+        progress=not args.no_progress, dataset_overrides=overrides,
         interleave=interleave, finisher=finisher, batch_size=args.batch_size, executor=executor,
     )
     threads = set_threads(args.threads)
@@ -374,25 +376,40 @@ def add_ab(sub: argparse._SubParsersAction) -> None:
     )
     add_run_options(p)
     p.add_argument("--report-dir", help="where the report goes (default: <out>/<run-id>/report)")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap / permutation resamples (default 2000)")
+    p.add_argument("--effect", action="append", default=[], metavar="METRIC=VALUE",
+                   help="the difference worth detecting on METRIC, for the report's samples-needed column "
+                        "(repeatable; default: 0.05 for 0/1 metrics, else 5%% of the best single model's mean)")
     p.set_defaults(handler=cmd_ab)
 
 
-def cmd_ab(args: argparse.Namespace) -> int:
-    from chared_flows.evaluation.ab import compare
-    from chared_flows.reports import write_report
+def parse_effects(items: list[str]) -> dict[str, float]:
+    effects = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name or not math.isfinite(number) or number <= 0:
+            raise ConfigError(f"--effect {item!r} must be METRIC=VALUE with a positive number, e.g. exact_match=0.1")
+        effects[name] = number
+    return effects
 
-    if args.resamples < 100:
-        raise ConfigError(f"--resamples {args.resamples} is too few for a CI; use at least 100")
-    made: dict[str, list[Path]] = {}
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from chared_flows.evaluation.ab import compare, summary_entries
+    from chared_flows.reports import verdict_table_text, write_report
+
+    effects = parse_effects(args.effect)
+    made: dict[str, Any] = {}
 
     def finisher(run, records):
         # The report is written before the trackers' on_run_end, so MLflow logs its files
-        # on the parent run together with the results.
-        ab = compare(records, run.variants, resamples=args.resamples).to_dict()
+        # on the parent run together with the results, and the comparisons as metrics.
+        ab = compare(records, run.variants, effects=effects).to_dict()
         out_dir = Path(args.report_dir) if args.report_dir else runner.run_dir / "report"
-        made["files"] = write_report(records, run, ab, out_dir)
-        return made["files"]
+        made["files"], made["ab"] = write_report(records, run, ab, out_dir), ab
+        return made["files"], summary_entries(ab)
 
     runner, fanout = make_runner(args, interleave=True, finisher=finisher)
     started = time.perf_counter()
@@ -402,6 +419,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
     if files:
         print(f"report: {files[0].resolve()}")
         print(f"        {files[1].resolve()}")
+        print()
+        print(verdict_table_text(made["ab"]))
     return code
 
 
@@ -560,8 +579,50 @@ def cmd_workflows(args: argparse.Namespace) -> int:
 
 # --- main -------------------------------------------------------------------------
 
+# --- ui ---------------------------------------------------------------------------
+
+
+def add_ui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="open MLflow's UI on this project's tracking store (.chared/mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--print-command", action="store_true", help="print the mlflow command instead of running it")
+    p.set_defaults(handler=cmd_ui)
+
+
+def ui_command(host: str, port: int) -> list[str]:
+    """`mlflow ui` on the store `chared run` logs to (MLFLOW_TRACKING_URI, else ./.chared/mlflow.db).
+
+    subtle: a plain `mlflow ui` opens ./mlruns, an empty store, since runs go to the SQLite
+    file (the prompt registry needs a database store).
+    """
+    from chared_flows.tracking.mlflow import default_tracking_uri
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port} must be between 1 and 65535")
+    uri = default_tracking_uri()
+    if "://" in uri and not uri.startswith(("sqlite:", "file:")) and not uri.startswith("postgresql"):
+        raise ConfigError(f"MLFLOW_TRACKING_URI is {uri!r}, a tracking server: open that address in a browser; "
+                          "`chared ui` serves a local store")
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    command = ui_command(args.host, args.port)
+    if args.print_command:
+        print(" ".join(command))
+        return 0
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {command[command.index('--backend-store-uri') + 1]}); "
+          "Ctrl-C stops it", file=sys.stderr)
+    # the server's helper processes outlive it unless job execution is off (DESIGN.md)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    sys.stderr.flush()
+    os.execve(command[0], command, env)  # the UI's process replaces this one: signals reach it directly
+    return 0  # not reached
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_generate, add_run, add_ab, add_sync, add_templates, add_workflows,
+    add_generate, add_run, add_ab, add_sync, add_templates, add_workflows, add_ui,
 ]
 
 

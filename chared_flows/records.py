@@ -8,6 +8,7 @@ never rename one (stored outboxes and resumable run files hold old records).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,9 @@ class SampleRecord:
     # What the decoder reports about the call: rounds, and per member forward passes,
     # prompt tokens, output tokens and tokens fed (each a {member name: count} dict).
     generation: dict[str, Any] = field(default_factory=dict)
+    # How many pairs of this variant decoded side by side (their forward passes batched)
+    # while its timings were taken; a batch never mixes variants (0: not recorded).
+    batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,3 +121,34 @@ class RunRecord:
         values = {k: v for k, v in data.items() if k in known}
         values["variants"] = [VariantSpec.from_dict(v) for v in values.get("variants", [])]
         return cls(**values)
+
+
+TIMINGS = ("latency_s", "chars_per_s", "forward_passes")
+
+
+def variant_summary(records: list[SampleRecord]) -> dict[str, float]:
+    """One variant's numbers, under the names every consumer shares (the CLI's JSON summary,
+    the MLflow child run, and the parent run as `<variant>.<name>`): `n_samples`,
+    `n_errors`, each score's mean under its own name, the timings' means, and
+    `forward_passes_total`. Means are over the records without an error.
+    """
+    ok = [r for r in records if not r.error]
+    out: dict[str, float] = {"n_samples": float(len(records)), "n_errors": float(len(records) - len(ok))}
+    for name in sorted({name for r in ok for name in r.scores}):
+        mean = _finite_mean([r.scores[name] for r in ok if name in r.scores])
+        if mean is not None:
+            out[name] = mean
+    for name in TIMINGS:
+        mean = _finite_mean([float(getattr(r, name)) for r in ok])
+        if mean is not None:
+            out[name] = mean
+    out["forward_passes_total"] = float(sum(r.forward_passes for r in ok))
+    sizes = {r.batch_size for r in ok if r.batch_size}
+    if sizes:  # the timings above were taken with this many of the variant's pairs side by side
+        out["batch_size"] = float(max(sizes))
+    return out
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None

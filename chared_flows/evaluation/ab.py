@@ -1,4 +1,4 @@
-"""A/B comparison of variants over the same samples: means, intervals, paired tests.
+"""A/B comparison of variants over the same samples: means, intervals, paired tests, verdicts.
 
 Everything is paired by sample id: variant A and B are compared only on the
 samples both have (without an error), which removes between-problem variance,
@@ -8,9 +8,12 @@ the dominant one on GSM8K and HumanEval.
   successes: Clopper-Pearson (exact binomial) for 0/1 metrics, so 0 of 50 gives
   [0, 0.071] rather than a bootstrap's [0, 0]; Student t for other metrics (no
   interval from one value);
-- per (ensemble, single) pair: mean difference with a paired bootstrap CI, a paired
-  sign-flip permutation test, the sign test, and McNemar's exact test when both
-  score columns are 0/1 (the binomial tests come from scipy);
+- per (ensemble, single) pair: the mean difference with an interval and a p-value from
+  one method (stats.py: paired t, or exact McNemar for two 0/1 columns), so the 95%
+  interval excludes 0 exactly when p < 0.05; Holm's correction over each family of
+  comparisons (the quality metrics; the timings); a verdict from the corrected p; where
+  nothing is detected, the minimum detectable effect at this n and the n a stated effect
+  needs (power 0.8);
 - per domain (when samples have more than one): each variant's mean.
 The result is a plain dict (`to_dict`) so reports and trackers need nothing
 from this module.
@@ -24,7 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from chared_flows.errors import MissingExtraError
+from chared_flows.evaluation import stats as st
 from chared_flows.records import SampleRecord, VariantSpec
 
 TIMING = ("latency_s", "chars_per_s", "forward_passes")
@@ -33,14 +36,10 @@ LOWER_IS_BETTER = frozenset({"bits_per_char", "bits_per_byte", "latency_s", "for
 # Metrics that cannot be negative: a t interval of their mean is cut at 0 (3 texts of very
 # different bits per character gave [-0.02, 2.03], a range no mean of bits can reach).
 NON_NEGATIVE = frozenset({"bits_per_char", "bits_per_byte", *TIMING})
-
-
-def _scipy_stats():
-    try:
-        from scipy import stats
-    except ImportError as exc:
-        raise MissingExtraError("scipy", "eval") from exc
-    return stats
+# The effect a team wants to be able to see when it states none (--effect METRIC=VALUE):
+# 5 points of a 0/1 metric, else 5% of the best single model's mean.
+DEFAULT_BINARY_EFFECT = 0.05
+DEFAULT_RELATIVE_EFFECT = 0.05
 
 
 @dataclass
@@ -65,6 +64,8 @@ class DomainStat:
 
 @dataclass
 class Comparison:
+    """Ensemble minus single on the samples both have; interval and p from `method` (stats.py)."""
+
     ensemble: str
     single: str
     metric: str
@@ -72,11 +73,16 @@ class Comparison:
     diff: float
     ci_low: float
     ci_high: float
-    p_permutation: float
-    p_mcnemar: float | None = None
-    p_sign: float | None = None
+    p_value: float
+    method: str
+    p_holm: float = math.nan
+    verdict: str = ""  # for the ensemble: better | worse | no detectable difference | too few pairs
+    vs_best_single: bool = False  # the single with the best mean on this metric
     wins: int = 0  # pairs where the ensemble's value is higher
     losses: int = 0  # pairs where it is lower
+    mde: float | None = None  # smallest |diff| this n detects with power 0.8
+    effect: float | None = None  # the stated effect ...
+    n_needed: int | None = None  # ... and the pairs it needs for power 0.8
 
 
 @dataclass
@@ -86,8 +92,12 @@ class ABResult:
     comparisons: list[Comparison] = field(default_factory=list)
     domains: list[DomainStat] = field(default_factory=list)
     lower_is_better: list[str] = field(default_factory=list)
-    resamples: int = 2000
-    seed: int = 0
+    alpha: float = st.ALPHA
+    power: float = st.POWER
+    correction: str = "holm"
+    families: dict[str, list[str]] = field(default_factory=dict)  # Holm family -> its metrics
+    # The pairs decoding at once behind each variant's timings: {variant: [batch sizes seen]}.
+    batch_sizes: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,7 +120,7 @@ def binomial_ci(successes: int, n: int, alpha: float = 0.05) -> tuple[float, flo
     """Clopper-Pearson (exact) interval of a proportion: never zero-width, even at 0 or n of n."""
     if n == 0:
         return math.nan, math.nan
-    ci = _scipy_stats().binomtest(int(successes), int(n)).proportion_ci(1 - alpha, method="exact")
+    ci = st._scipy_stats().binomtest(int(successes), int(n)).proportion_ci(1 - alpha, method="exact")
     return float(ci.low), float(ci.high)
 
 
@@ -120,7 +130,7 @@ def t_mean_ci(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     if n < 2:
         return math.nan, math.nan
     mean = float(values.mean())
-    half = float(_scipy_stats().t.ppf(1 - alpha / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    half = float(st._scipy_stats().t.ppf(1 - alpha / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
     return mean - half, mean + half
 
 
@@ -133,7 +143,7 @@ def mean_ci(values: np.ndarray, alpha: float = 0.05, binary: bool | None = None,
     cuts a t interval at 0 (the method then reads "t, cut at 0").
     """
     if binary is None:
-        binary = bool(len(values)) and _is_binary(values)
+        binary = st.is_binary(values)
     if binary:
         return (*binomial_ci(int(values.sum()), len(values), alpha), "exact")
     low, high = t_mean_ci(values, alpha)
@@ -142,57 +152,6 @@ def mean_ci(values: np.ndarray, alpha: float = 0.05, binary: bool | None = None,
     if non_negative and low < 0:
         return 0.0, high, "t, cut at 0"
     return low, high, "t"
-
-
-def bootstrap_mean_ci(values: np.ndarray, resamples: int = 2000, seed: int = 0, alpha: float = 0.05):
-    """Percentile bootstrap CI of the mean (paired differences); no interval (NaN) from one value."""
-    if len(values) < 2:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(resamples, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
-def sign_flip_p(diffs: np.ndarray, resamples: int = 2000, seed: int = 0) -> float:
-    """Two-sided paired permutation test of mean(diffs) == 0 by random sign flips.
-
-    Exact (all 2^n flips) when n <= 12; else Monte Carlo with the +1
-    correction, so p is never 0.
-    """
-    n = len(diffs)
-    if n == 0 or not np.any(diffs):
-        return 1.0
-    observed = abs(diffs.mean())
-    if n <= 12:
-        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-        flipped = np.abs((signs * diffs).mean(axis=1))
-        return float(np.mean(flipped >= observed - 1e-12))
-    rng = np.random.default_rng(seed)
-    signs = rng.choice((-1.0, 1.0), size=(resamples, n))
-    flipped = np.abs((signs * diffs).mean(axis=1))
-    return float((np.sum(flipped >= observed - 1e-12) + 1) / (resamples + 1))
-
-
-def mcnemar_exact_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact McNemar: a two-sided binomial test (scipy) on the discordant pairs."""
-    only_a = int(np.sum((a == 1) & (b == 0)))
-    only_b = int(np.sum((a == 0) & (b == 1)))
-    if only_a + only_b == 0:
-        return 1.0
-    return float(_scipy_stats().binomtest(only_a, only_a + only_b, 0.5).pvalue)
-
-
-def sign_test_p(diffs: np.ndarray) -> float:
-    """Two-sided sign test (scipy's binomial test on the non-zero differences)."""
-    wins, losses = int(np.sum(diffs > 0)), int(np.sum(diffs < 0))
-    if wins + losses == 0:
-        return 1.0
-    return float(_scipy_stats().binomtest(wins, wins + losses, 0.5).pvalue)
-
-
-def _is_binary(values: np.ndarray) -> bool:
-    return bool(np.all((values == 0) | (values == 1)))
 
 
 def metric_names(records: Iterable[SampleRecord]) -> list[str]:
@@ -205,32 +164,103 @@ def compare(
     records: list[SampleRecord],
     variants: list[VariantSpec],
     metrics: list[str] | None = None,
-    resamples: int = 2000,
-    seed: int = 0,
+    effects: dict[str, float] | None = None,
 ) -> ABResult:
-    """Per-variant stats and every ensemble-vs-single comparison, for each metric."""
+    """Per-variant stats and every ensemble-vs-single comparison, for each metric, with verdicts.
+
+    `effects` states, per metric, the difference a team wants to detect (for the
+    samples-needed column); unstated metrics get DEFAULT_*_EFFECT.
+    """
     metrics = metrics or metric_names(records)
-    result = ABResult(metrics=metrics, resamples=resamples, seed=seed,
-                      lower_is_better=[m for m in metrics if m in LOWER_IS_BETTER])
+    effects = dict(effects or {})
+    result = ABResult(metrics=metrics, lower_is_better=[m for m in metrics if m in LOWER_IS_BETTER],
+                      batch_sizes=_batch_sizes(records))
     singles = [v.name for v in variants if v.is_single]
     ensembles = [v.name for v in variants if not v.is_single]
     for metric in metrics:
         table = _values(records, metric)
-        for spec in variants:
-            values = np.array(list(table.get(spec.name, {}).values()))
-            if len(values):
-                low, high, method = mean_ci(values, binary=None if metric not in TIMING else False,
-                                            non_negative=metric in NON_NEGATIVE)
-                result.variants.append(
-                    VariantStat(spec.name, metric, len(values), float(values.mean()), low, high, method)
-                )
+        stats = _variant_stats(table, variants, metric)
+        result.variants += stats
+        best = _best_single(stats, singles, metric in LOWER_IS_BETTER)
+        means = {v.variant: v.mean for v in stats}
         for ens in ensembles:
             for single in singles:
-                comparison = _paired(table.get(ens, {}), table.get(single, {}), resamples, seed)
+                effect = _stated_effect(effects.get(metric), means.get(single), table, metric)
+                comparison = _paired(table.get(ens, {}), table.get(single, {}), metric, effect)
                 if comparison is not None:
-                    result.comparisons.append(Comparison(ens, single, metric, **comparison))
+                    comparison.ensemble, comparison.single = ens, single
+                    comparison.vs_best_single = single == best
+                    result.comparisons.append(comparison)
         result.domains += _by_domain(records, variants, metric, table)
+    result.families = _correct(result.comparisons, metrics)
     return result
+
+
+def _variant_stats(table: dict[str, dict[str, float]], variants: list[VariantSpec], metric: str) -> list[VariantStat]:
+    out = []
+    for spec in variants:
+        values = np.array(list(table.get(spec.name, {}).values()))
+        if len(values):
+            low, high, method = mean_ci(values, binary=None if metric not in TIMING else False,
+                                        non_negative=metric in NON_NEGATIVE)
+            out.append(VariantStat(spec.name, metric, len(values), float(values.mean()), low, high, method))
+    return out
+
+
+def _best_single(stats: list[VariantStat], singles: list[str], lower_is_better: bool) -> str | None:
+    candidates = [(s.mean, s.variant) for s in stats if s.variant in singles and math.isfinite(s.mean)]
+    if not candidates:
+        return None
+    return (min if lower_is_better else max)(candidates)[1]
+
+
+def _stated_effect(stated: float | None, single_mean: float | None, table: dict[str, dict[str, float]],
+                   metric: str) -> float | None:
+    """The effect to size samples for: the stated one, else 5 points (0/1) or 5% of the single's mean."""
+    if stated is not None:
+        return float(stated)
+    values = np.array([v for by_sample in table.values() for v in by_sample.values()])
+    if metric not in TIMING and st.is_binary(values):
+        return DEFAULT_BINARY_EFFECT
+    if single_mean is None or not math.isfinite(single_mean) or single_mean == 0:
+        return None
+    return DEFAULT_RELATIVE_EFFECT * abs(single_mean)
+
+
+def _paired(a: dict[str, float], b: dict[str, float], metric: str, effect: float | None) -> Comparison | None:
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    va = np.array([a[k] for k in common])
+    vb = np.array([b[k] for k in common])
+    test = st.paired_test(va, vb, binary=False if metric in TIMING else None)
+    diffs = va - vb
+    return Comparison(
+        ensemble="", single="", metric=metric, n=test.n, diff=test.diff, ci_low=test.ci_low, ci_high=test.ci_high,
+        p_value=test.p_value, method=test.method,
+        wins=int(np.sum(diffs > 0)), losses=int(np.sum(diffs < 0)),
+        mde=st.minimum_detectable_effect(diffs), effect=effect,
+        n_needed=st.samples_needed(diffs, effect) if effect else None,
+    )
+
+
+def _correct(comparisons: list[Comparison], metrics: list[str]) -> dict[str, list[str]]:
+    """Holm over each family (quality metrics; timings), then each comparison's verdict."""
+    families = {"quality": [m for m in metrics if m not in TIMING], "timing": [m for m in metrics if m in TIMING]}
+    for names in families.values():
+        members = [c for c in comparisons if c.metric in names]
+        for c, p in zip(members, st.holm([c.p_value for c in members])):
+            c.p_holm = p
+            c.verdict = st.verdict(c.diff, p, c.metric in LOWER_IS_BETTER)
+    return {k: v for k, v in families.items() if v}
+
+
+def _batch_sizes(records: list[SampleRecord]) -> dict[str, list[int]]:
+    seen: dict[str, set[int]] = {}
+    for r in records:
+        if not r.error and r.batch_size:
+            seen.setdefault(r.variant, set()).add(int(r.batch_size))
+    return {k: sorted(v) for k, v in seen.items()}
 
 
 def _by_domain(records: list[SampleRecord], variants: list[VariantSpec], metric: str,
@@ -248,22 +278,22 @@ def _by_domain(records: list[SampleRecord], variants: list[VariantSpec], metric:
     return out
 
 
-def _paired(a: dict[str, float], b: dict[str, float], resamples: int, seed: int) -> dict[str, Any] | None:
-    common = sorted(set(a) & set(b))
-    if not common:
-        return None
-    va = np.array([a[k] for k in common])
-    vb = np.array([b[k] for k in common])
-    diffs = va - vb
-    low, high = bootstrap_mean_ci(diffs, resamples, seed)
-    return {
-        "n": len(common),
-        "diff": float(diffs.mean()),
-        "ci_low": low,
-        "ci_high": high,
-        "p_permutation": sign_flip_p(diffs, resamples, seed),
-        "p_mcnemar": mcnemar_exact_p(va, vb) if _is_binary(va) and _is_binary(vb) else None,
-        "p_sign": sign_test_p(diffs),
-        "wins": int(np.sum(diffs > 0)),
-        "losses": int(np.sum(diffs < 0)),
-    }
+def summary_entries(ab: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What trackers log per variant beside its means: each comparison's numbers and verdict.
+
+    Keys are the child run's own (`vs.<single>.<metric>.diff`, `.ci_low`, `.ci_high`,
+    `.p_value`, `.p_holm`; the tag `verdict.vs.<single>.<metric>`); the parent run holds the
+    same under `<ensemble>.` + key, so MLflow's compare view lines them up. Each variant's
+    mean interval is `<metric>.ci_low` / `<metric>.ci_high`.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for s in ab["variants"]:
+        entry = out.setdefault(s["variant"], {})
+        entry[f"{s['metric']}.ci_low"], entry[f"{s['metric']}.ci_high"] = s["ci_low"], s["ci_high"]
+    for c in ab["comparisons"]:
+        entry = out.setdefault(c["ensemble"], {})
+        key = f"vs.{c['single']}.{c['metric']}"
+        for name in ("diff", "ci_low", "ci_high", "p_value", "p_holm"):
+            entry[f"{key}.{name}"] = c[name]
+        entry[f"verdict.{key}"] = c["verdict"]
+    return out

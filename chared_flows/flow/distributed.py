@@ -234,6 +234,7 @@ class _Slot:
     busy: int = 0
     pid: int | None = None
     turn: int = 0  # round-robin over the slot's variants
+    current: str | None = None  # the variant of the pairs in flight (a batch holds one variant)
 
 
 class RayPairs:
@@ -369,15 +370,20 @@ class RayPairs:
                     yield pair, failed
                 continue
             self._note_pid(slot, pid)
+            record.batch_size = self.batch_size  # at most this many of the variant's pairs shared the actor
             fill()  # keep the actors busy while the driver writes and logs this record
             yield pair, record
 
     @staticmethod
     def _next_pair(slot: _Slot, queues: dict[str, deque[Pair]]) -> Pair | None:
+        """The slot's next pair: of the variant in flight while any is (flow/pairs.py: variant_batches)."""
+        if slot.busy > 0 and slot.current is not None:
+            return queues[slot.current].popleft() if queues[slot.current] else None
         for _ in range(len(slot.variants)):
             name = slot.variants[slot.turn % len(slot.variants)]
             slot.turn += 1
             if queues[name]:
+                slot.current = name
                 return queues[name].popleft()
         return None
 

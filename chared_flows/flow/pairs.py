@@ -100,7 +100,10 @@ class PairRunner:
         record.chars_per_s = len(record.output) / decode_s if decode_s > 0 else 0.0
         try:
             for scorer in self.workflow.scorers:
+                scoring_started = time.perf_counter()
                 record.scores.update(self._score(scorer, llm, variant, sample, record))
+                if getattr(scorer, "needs_model", False):
+                    _time_scoring(record, len(scorer.text_of(sample)), time.perf_counter() - scoring_started)
         except CharedError as exc:  # e.g. a text too long to score: keep the record, mark it
             record.error = f"scorer: {type(exc).__name__}: {exc}"
         return record
@@ -134,13 +137,32 @@ class PairRunner:
         )
 
 
-class LocalPairs:
-    """Pairs in this process: up to `batch_size` at once, in worker threads, records in `todo` order.
+def variant_batches(todo: list[Pair], batch_size: int) -> list[list[Pair]]:
+    """`todo` cut into batches of at most `batch_size` consecutive pairs of one variant.
 
-    Pairs in flight run in threads; their forward passes meet in the members' schedulers
-    and run as batched forwards (decoding/scheduler.py). Subtle: if the caller stops
-    (Ctrl-C, an error, a closed generator) the generations in flight are cancelled, not
-    waited for, and pairs not started are never started.
+    subtle: pairs of different variants must never decode side by side when their timings
+    are reported: a SmolLM2 pair batched with ensemble pairs waits on the ensemble's
+    forward passes (23-30 s per sample instead of 2-3 s at batch 1), and the comparison's
+    latency ratio then says more about the batch than about the variants.
+    """
+    batches: list[list[Pair]] = []
+    for pair in todo:
+        last = batches[-1] if batches else None
+        if last and last[0][0].name == pair[0].name and len(last) < batch_size:
+            last.append(pair)
+        else:
+            batches.append([pair])
+    return batches
+
+
+class LocalPairs:
+    """Pairs in this process: one variant's batch at a time, in worker threads, records in `todo` order.
+
+    A batch's pairs run in threads; their forward passes meet in the members' schedulers
+    and run as batched forwards (decoding/scheduler.py). A batch holds one variant's pairs
+    only (`variant_batches`), and each record says how many pairs shared it (`batch_size`).
+    Subtle: if the caller stops (Ctrl-C, an error, a closed generator) the generations in
+    flight are cancelled, not waited for, and pairs not started are never started.
     """
 
     def __init__(self, runner: PairRunner, batch_size: int):
@@ -151,9 +173,10 @@ class LocalPairs:
         return {v.name: self.runner.families(v) for v in variants}
 
     def results(self, todo: list[Pair]) -> Generator[tuple[Pair, SampleRecord], None, None]:
+        batches = variant_batches(todo, self.batch_size)
         if self.batch_size == 1:
-            for pair in todo:
-                yield pair, self.runner.run(*pair)
+            for (pair,) in batches:
+                yield pair, _in_batch(self.runner.run(*pair), 1)
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -166,21 +189,12 @@ class LocalPairs:
                 return self.runner.run(*pair)
 
         pool = ThreadPoolExecutor(max_workers=self.batch_size, thread_name_prefix="chared-pair")
-        pending: list = []
-        pairs = iter(todo)
         finished = False
         try:
-            for pair in pairs:
-                pending.append((pair, pool.submit(work, pair)))
-                if len(pending) >= self.batch_size:
-                    break
-            while pending:
-                pair, future = pending.pop(0)
-                record = future.result()
-                for following in pairs:  # keep the window full
-                    pending.append((following, pool.submit(work, following)))
-                    break
-                yield pair, record
+            for batch in batches:
+                futures = [(pair, pool.submit(work, pair)) for pair in batch]
+                for pair, future in futures:
+                    yield pair, _in_batch(future.result(), len(batch))
             finished = True
         finally:
             if not finished:
@@ -189,6 +203,24 @@ class LocalPairs:
 
     def close(self) -> None:
         pass
+
+
+def _in_batch(record: SampleRecord, size: int) -> SampleRecord:
+    record.batch_size = size
+    return record
+
+
+def _time_scoring(record: SampleRecord, chars: int, seconds: float) -> None:
+    """A scorer that reads the model (bits per character) is the pair's real work: its timings are the record's.
+
+    subtle: a scoring workflow generates one character, so output characters per second
+    of the generation (0.19 chars/s in char_compare) says nothing; the scored text's
+    characters per second does. The latency then covers generation and scoring.
+    """
+    record.latency_s += seconds
+    record.chars_per_s = chars / seconds if seconds > 0 else 0.0
+    record.generation["timing"] = "scoring"
+    record.generation["scored_chars"] = chars
 
 
 def plan_actors(variants: list[VariantSpec], pairs: dict[str, int], actors: int) -> list[list[str]]:

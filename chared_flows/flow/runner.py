@@ -25,15 +25,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from tqdm import tqdm
-
 import chared_flows
 from chared_flows.errors import WorkflowError
 from chared_flows.evaluation.base import Sample, load_dataset
 from chared_flows.flow.loader import ResolvedWorkflow
 from chared_flows.flow.pairs import LLMFactory, LocalPairs, PairExecutor, PairRunner
+from chared_flows.flow.progress import progress_bar
 from chared_flows.flow.results import ResultsFile, RunLock, write_atomically
-from chared_flows.records import RunRecord, SampleRecord, VariantSpec
+from chared_flows.records import RunRecord, SampleRecord, VariantSpec, variant_summary
 
 RECORDS_FILE = "records.jsonl"
 DEFAULT_BATCH_SIZE = 8  # pairs decoding at once (their forward passes are batched)
@@ -52,8 +51,10 @@ class RunSink(Protocol):
 # LocalPairs (threads in this process) by default, distributed.RayPairs for `--ray`.
 ExecutorFactory = Callable[[PairRunner, int], PairExecutor]
 # Called once every pair is done, before the sinks' on_run_end; the paths it returns
-# (a report, plots) are handed to the sinks as artifacts with the results file.
-Finisher = Callable[[RunRecord, list[SampleRecord]], list[Path]]
+# (a report, plots) are handed to the sinks as artifacts with the results file. It may
+# return (paths, {variant: {name: value}}) to add entries (an A/B's comparisons and
+# verdicts) to the summary the sinks get: numbers become metrics, strings tags.
+Finisher = Callable[[RunRecord, list[SampleRecord]], "list[Path] | tuple[list[Path], dict[str, dict[str, Any]]]"]
 
 
 def default_llm_factory(variant: VariantSpec) -> Any:
@@ -186,10 +187,7 @@ class WorkflowRunner:
         self.results.repair()  # before the first write: a torn last line would swallow it
         finished = [r for r in self.results.read() if r.error is None]
         done = {(r.sample_id, r.variant) for r in finished}
-        if self.interleave:
-            todo = [(v, s) for s in samples for v in self.workflow.variants if (s.id, v.name) not in done]
-        else:
-            todo = [(v, s) for v in self.workflow.variants for s in samples if (s.id, v.name) not in done]
+        todo = self._todo(samples, done)
         executor = self.executor(PairRunner(self.workflow, self._identity(), self.llm_factory), self.batch_size)
         try:
             # Members load here, before on_run_start, so the run record names each member's
@@ -209,6 +207,18 @@ class WorkflowRunner:
         finally:
             executor.close()
 
+    def _todo(self, samples: list[Sample], done: set[tuple[str, str]]) -> list[tuple[VariantSpec, Sample]]:
+        """The pairs still to run, in order: variant by variant, or interleaved a batch of samples at a time.
+
+        Interleaved, every variant runs on samples 1..B, then on B+1..2B, ... (B the batch size),
+        so a run cut short has complete pairs while each batch still holds one variant only.
+        """
+        variants = self.workflow.variants
+        if not self.interleave:
+            return [(v, s) for v in variants for s in samples if (s.id, v.name) not in done]
+        chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        return [(v, s) for chunk in chunks for v in variants for s in chunk if (s.id, v.name) not in done]
+
     def _run_pairs(self, run, samples, finished, todo, executor: PairExecutor) -> Iterator[SampleRecord]:
         # subtle: a resumed run is a new run for the sinks, so they are given the records
         # finished earlier too and end up with the whole run; each tracker makes the replay
@@ -220,7 +230,7 @@ class WorkflowRunner:
                 if record.sample_index < 0:  # written before records kept their index
                     record.sample_index = index[record.sample_id]
                 self._notify("on_record", record)
-        bar = tqdm(total=len(todo), desc=self.run_id, unit="sample", disable=not self.progress, leave=False)
+        bar = progress_bar(len(todo), self.run_id, enabled=self.progress)
         results = executor.results(todo)
         try:
             # Records are written as they come: in todo order from LocalPairs, in the order
@@ -239,9 +249,14 @@ class WorkflowRunner:
         self._write_run_file(run)
         all_records = [r for r in self.results.read() if r.sample_id in wanted]
         artifacts = [self.results.path, self.run_dir / RUN_FILE]
+        summary = summarize(all_records)
         if self.finisher is not None:
-            artifacts += self.finisher(run, all_records)
-        self._notify("on_run_end", run, summarize(all_records), artifacts)
+            made = self.finisher(run, all_records)
+            paths, extras = made if isinstance(made, tuple) else (made, {})
+            artifacts += paths
+            for variant, entries in extras.items():
+                summary.setdefault(variant, {}).update(entries)
+        self._notify("on_run_end", run, summary, artifacts)
 
     def run_all(self) -> list[SampleRecord]:
         return list(self.run())
@@ -289,22 +304,11 @@ def dataset_hash(samples: list[Sample]) -> str:
 
 
 def summarize(records: list[SampleRecord]) -> dict[str, Any]:
-    """Per variant: sample count, error count, mean of each score, mean latency."""
+    """Per variant: records.variant_summary (the names MLflow's child runs use too)."""
     by_variant: dict[str, list[SampleRecord]] = {}
     for record in records:
         by_variant.setdefault(record.variant, []).append(record)
-    summary: dict[str, Any] = {}
-    for variant, rows in by_variant.items():
-        ok = [r for r in rows if r.error is None]
-        entry: dict[str, float] = {"n": float(len(rows)), "errors": float(len(rows) - len(ok))}
-        metrics = sorted({k for r in ok for k in r.scores})
-        for metric in metrics:
-            values = [r.scores[metric] for r in ok if metric in r.scores]
-            entry[metric] = sum(values) / len(values)
-        if ok:
-            entry["latency_s"] = sum(r.latency_s for r in ok) / len(ok)
-        summary[variant] = entry
-    return summary
+    return {variant: variant_summary(rows) for variant, rows in by_variant.items()}
 
 
 def _git_commit() -> str:

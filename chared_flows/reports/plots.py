@@ -21,23 +21,26 @@ def _pyplot():
 def score_vs_weight(ab: dict[str, Any], variants: list[VariantSpec], metric: str, path: Path) -> Path | None:
     """Ensemble score against the weight of its first member; singles as horizontal lines."""
     stats = {s["variant"]: s for s in ab["variants"] if s["metric"] == metric}
-    sweeps: dict[tuple[str, ...], list[tuple[float, dict]]] = defaultdict(list)
+    # subtle: one series per members, rule and mode: a mixture and a product sweep of the
+    # same members are two curves, drawn as one zig-zag line when keyed by members alone.
+    sweeps: dict[tuple[tuple[str, ...], str, str], list[tuple[float, dict]]] = defaultdict(list)
     for spec in variants:
         if not spec.is_single and spec.weights and spec.name in stats:
-            sweeps[spec.members].append((spec.weights[0] / sum(spec.weights), stats[spec.name]))
+            key = (spec.members, spec.rule, spec.mode)
+            sweeps[key].append((spec.weights[0] / sum(spec.weights), stats[spec.name]))
     if not sweeps:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for members, points in sweeps.items():
+    for (members, rule, mode), points in sweeps.items():
         points.sort(key=lambda p: p[0])
         xs = [x for x, _ in points]
         ys = [s["mean"] for _, s in points]
         err = [[s["mean"] - s["ci_low"] for _, s in points], [s["ci_high"] - s["mean"] for _, s in points]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=" + ".join(members))
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{' + '.join(members)} ({rule}, {mode})")
     for i, spec in enumerate(v for v in variants if v.is_single and v.name in stats):
         ax.axhline(stats[spec.name]["mean"], linestyle="--", color=f"C{i + 1}", label=f"{spec.name} alone")
-    first = next(iter(sweeps))[0]
+    first = next(iter(sweeps))[0][0]
     ax.set_xlabel(f"weight on {first}")
     ax.set_ylabel(metric)
     ax.set_xlim(-0.05, 1.05)

@@ -24,19 +24,90 @@ def _fmt(value: Any) -> str:
 
 
 _CI_NAMES = {"exact": "exact binomial", "t": "t", "": "n < 2"}
+TIMINGS = ("latency_s", "chars_per_s", "forward_passes")
 
 
 def _direction(ab: dict[str, Any], metric: str) -> str:
     return "lower is better" if metric in ab.get("lower_is_better", []) else "higher is better"
 
 
+def _interval(low: Any, high: Any) -> str:
+    return f"[{_fmt(low)}, {_fmt(high)}]"
+
+
+def _p(value: Any) -> str:
+    if not isinstance(value, float) or value != value:
+        return "-"
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
+def _verdict_text(c: dict[str, Any]) -> str:
+    """'better (p_holm 0.003)', or 'no detectable difference (p_holm 0.41; detectable at this n: 0.12; ...)'."""
+    text = f"{c['verdict']} (p_holm {_p(c['p_holm'])}"
+    if c["verdict"] == "no detectable difference":
+        if c.get("mde") is not None:
+            text += f"; detectable at n={c['n']}: {_fmt(c['mde'])}"
+        if c.get("n_needed") is not None and c.get("effect"):
+            text += f"; n for {_fmt(c['effect'])}: {c['n_needed']}"
+    return text + ")"
+
+
+def verdict_rows(ab: dict[str, Any]) -> list[list[str]]:
+    """The decision table: per metric and variant, its mean with interval; per ensemble, its
+    difference from the best single model (interval from the same test as p) and the verdict."""
+    rows = []
+    metrics = [m for m in ab["metrics"] if m not in TIMINGS] + [m for m in ab["metrics"] if m in TIMINGS]
+    for metric in metrics:
+        versus = {c["ensemble"]: c for c in ab["comparisons"] if c["metric"] == metric and c["vs_best_single"]}
+        best = next(iter(versus.values()))["single"] if versus else None
+        for s in (s for s in ab["variants"] if s["metric"] == metric):
+            c = versus.get(s["variant"])
+            if c is not None:
+                diff = f"{c['diff']:+.4f} {_interval(c['ci_low'], c['ci_high'])} vs {best}"
+                verdict = _verdict_text(c)
+            else:
+                diff, verdict = ("best single" if s["variant"] == best else "-"), "-"
+            rows.append([s["variant"], metric, f"{_fmt(s['mean'])} {_interval(s['ci_low'], s['ci_high'])}",
+                         diff, verdict])
+    return rows
+
+
+VERDICT_HEADER = ["variant", "metric", "mean [95% CI]", "difference vs best single [95% CI]", "verdict"]
+
+
+def verdict_table_text(ab: dict[str, Any]) -> str:
+    """The decision table as aligned plain text (what `chared ab` prints last)."""
+    rows = [VERDICT_HEADER, *verdict_rows(ab)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(VERDICT_HEADER) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _method_note(ab: dict[str, Any]) -> str:
+    families = "; ".join(f"{k}: {', '.join(v)}" for k, v in ab.get("families", {}).items())
+    return (f"Each difference's interval and p-value come from one test (paired t; exact McNemar for 0/1 "
+            f"metrics, its interval the inverted binomial test), so a 95% interval excludes 0 exactly when "
+            f"p < {ab.get('alpha', 0.05)}. Verdicts use Holm-corrected p (families: {families}). "
+            f"'detectable at n' is the smallest difference this n detects with power {ab.get('power', 0.8)}; "
+            f"'n for X' the pairs a difference of X needs (t approximation for 0/1 metrics).")
+
+
+def _batch_note(ab: dict[str, Any]) -> str:
+    sizes = ab.get("batch_sizes") or {}
+    if not sizes:
+        return "Timings: batch size not recorded."
+    shown = ", ".join(f"{v}: {'/'.join(map(str, b))}" for v, b in sizes.items())
+    return ("Timings were taken with a variant's own pairs only side by side (batches never mix variants); "
+            f"pairs per batch: {shown}.")
+
+
 def tables(ab: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) for every metric: variant means, by domain, then ensemble-vs-single tests."""
-    out = []
+    """(title, header, rows): the verdicts, then per metric: variant means, by domain, every comparison."""
+    out = [("Verdicts: each ensemble against the best single model", VERDICT_HEADER, verdict_rows(ab))]
     for metric in ab["metrics"]:
         direction = _direction(ab, metric)
         rows = [
-            [s["variant"], str(s["n"]), _fmt(s["mean"]), f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]",
+            [s["variant"], str(s["n"]), _fmt(s["mean"]), _interval(s["ci_low"], s["ci_high"]),
              _CI_NAMES.get(s.get("ci_method", ""), s.get("ci_method", ""))]
             for s in ab["variants"] if s["metric"] == metric
         ]
@@ -45,14 +116,15 @@ def tables(ab: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
         if domain_table is not None:
             out.append(domain_table)
         pairs = [
-            [c["ensemble"], c["single"], str(c["n"]), _fmt(c["diff"]),
-             f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]", f"{c.get('wins', '-')}/{c.get('losses', '-')}",
-             _fmt(c["p_permutation"]), _fmt(c.get("p_sign")), _fmt(c["p_mcnemar"])]
+            [c["ensemble"], c["single"], str(c["n"]), _fmt(c["diff"]), _interval(c["ci_low"], c["ci_high"]),
+             f"{c.get('wins', '-')}/{c.get('losses', '-')}", c["method"] or "-", _p(c["p_value"]),
+             _p(c["p_holm"]), c["verdict"], _fmt(c.get("mde")),
+             f"{c['n_needed']} for {_fmt(c['effect'])}" if c.get("n_needed") else "-"]
             for c in ab["comparisons"] if c["metric"] == metric
         ]
         if pairs:
-            header = ["ensemble", "vs single", "n pairs", "mean diff", "95% paired bootstrap CI", "higher/lower",
-                      "p (sign-flip)", "p (sign test)", "p (McNemar)"]
+            header = ["ensemble", "vs single", "n pairs", "mean diff", "95% CI", "higher/lower", "test", "p",
+                      "p (Holm)", "verdict", "detectable at this n", "n needed"]
             out.append((f"{metric}: ensemble minus single ({direction})", header, pairs))
     return out
 
@@ -89,11 +161,12 @@ def _markdown(run: RunRecord, ab: dict[str, Any], plots: list[Path]) -> str:
         "",
         f"- run: `{run.run_id}`; dataset: `{run.dataset}`; template: `{run.template}@{run.template_version}` "
         f"(`{run.template_hash}`)",
-        f"- package {run.package_version or '?'}, commit `{run.git_commit or '?'}`; "
-        f"bootstrap resamples: {ab['resamples']}, seed {ab['seed']}",
+        f"- package {run.package_version or '?'}, commit `{run.git_commit or '?'}`",
         "- variants: " + "; ".join(
             f"`{v.name}` = {' + '.join(v.members)}" + (f" @ {v.weights}" if v.weights else "") for v in run.variants
         ),
+        f"- {_method_note(ab)}",
+        f"- {_batch_note(ab)}",
         "",
     ]
     for title, header, rows in tables(ab):
@@ -115,6 +188,7 @@ def _html(run: RunRecord, ab: dict[str, Any], plots: list[Path]) -> str:
         f"<h1>A/B report: {e(run.workflow)}@{run.workflow_version}</h1>",
         f"<p>run <code>{e(run.run_id)}</code>, dataset <code>{e(run.dataset)}</code>, template "
         f"<code>{e(run.template)}@{run.template_version}</code>, commit <code>{e(run.git_commit or '?')}</code></p>",
+        f"<p>{e(_method_note(ab))}</p><p>{e(_batch_note(ab))}</p>",
     ]
     for title, header, rows in tables(ab):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
@@ -133,7 +207,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
     for metric in ab["metrics"]:
-        if metric in ("latency_s", "chars_per_s", "forward_passes"):
+        if metric in TIMINGS:
             continue
         safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in metric)
         made = score_vs_weight(ab, run.variants, metric, out_dir / f"score_vs_weight_{safe}.png")

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from chared_flows.errors import ConfigError, MissingExtraError, TrackingError
-from chared_flows.records import RunRecord, SampleRecord, VariantSpec
+from chared_flows.records import TIMINGS, RunRecord, SampleRecord, VariantSpec, variant_summary
 
 log = logging.getLogger(__name__)
 
@@ -143,32 +143,13 @@ def run_params(run: RunRecord) -> dict[str, str]:
     return {clean_key(k): _param_value(v) for k, v in params.items()}
 
 
-def _mean(values: list[float]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
-
-
-TIMING = ("latency_s", "chars_per_s", "forward_passes")
+TIMING = TIMINGS
 SAMPLE_PREFIX = "sample/"
 
 
 def variant_metrics(records: list[SampleRecord]) -> dict[str, float]:
-    """One variant's numbers, each mean under the metric's own name (`exact_match`, `latency_s`).
-
-    Means are over the records without an error; `n_samples` counts every pair once.
-    """
-    ok = [r for r in records if not r.error]
-    out: dict[str, float] = {"n_samples": float(len(records)), "n_errors": float(len(records) - len(ok))}
-    for name in sorted({name for r in ok for name in r.scores}):
-        mean = _mean([r.scores[name] for r in ok if name in r.scores])
-        if mean is not None:
-            out[name] = mean
-    for field in TIMING:
-        mean = _mean([float(getattr(r, field)) for r in ok])
-        if mean is not None:
-            out[field] = mean
-    out["forward_passes_total"] = float(sum(r.forward_passes for r in ok))
-    return {clean_key(k): v for k, v in out.items()}
+    """One variant's numbers (records.variant_summary), with MLflow-safe names."""
+    return {clean_key(k): v for k, v in variant_summary(records).items()}
 
 
 def sample_metrics(record: SampleRecord) -> dict[str, float]:
@@ -266,7 +247,7 @@ def samples_table(records: list[SampleRecord]) -> dict[str, list[Any]]:
         key: []
         for key in (
             "sample_id", "variant", "inputs", "output", "parsed", "reference",
-            "finish_reason", "latency_s", "chars_per_s", "forward_passes", "error",
+            "finish_reason", "latency_s", "chars_per_s", "forward_passes", "batch_size", "error",
         )
     }
     for name in score_names:
@@ -282,6 +263,7 @@ def samples_table(records: list[SampleRecord]) -> dict[str, list[Any]]:
         table["latency_s"].append(r.latency_s)
         table["chars_per_s"].append(r.chars_per_s)
         table["forward_passes"].append(r.forward_passes)
+        table["batch_size"].append(r.batch_size)
         table["error"].append(r.error or "")
         for name in score_names:
             table[f"score.{name}"].append(r.scores.get(name))
@@ -298,6 +280,18 @@ def flatten_numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             if math.isfinite(value):
                 out[clean_key(name)] = float(value)
+    return out
+
+
+def flatten_strings(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested summary dict -> {"a.b": text} for its strings (verdicts become tags)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_strings(value, f"{name}."))
+        elif isinstance(value, str):
+            out[clean_key(name)] = value
     return out
 
 
@@ -519,7 +513,9 @@ class MlflowTracker:
     def _finish(self, summary: dict[str, Any], artifacts: list[Path]) -> None:
         for variant, run_id in self.child_run_ids.items():
             records = list(self._records.get(variant, {}).values())
-            self._log_changed(run_id, variant_metrics(records))
+            extra = summary.get(variant, {}) if isinstance(summary.get(variant), dict) else {}
+            self._log_changed(run_id, {**variant_metrics(records), **flatten_numbers(extra)})
+            self._set_tags(run_id, flatten_strings(extra))
             if records:
                 self._replace_table(run_id, samples_table(records))
             self.client.set_terminated(run_id, "FINISHED")
@@ -527,6 +523,7 @@ class MlflowTracker:
         if every:
             self._replace_table(self.parent_run_id, samples_table(every))
         self._log_changed(self.parent_run_id, flatten_numbers(summary))
+        self._set_tags(self.parent_run_id, flatten_strings(summary))
         for path in artifacts:
             self._log_artifact(Path(path))
         self.client.set_terminated(self.parent_run_id, "FINISHED")
@@ -566,6 +563,13 @@ class MlflowTracker:
         """Log only the values that differ from what the run shows now (a replay adds no points)."""
         current = self.client.get_run(run_id).data.metrics
         self._log_metrics(run_id, {k: v for k, v in values.items() if current.get(clean_key(k)) != float(v)})
+
+    def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tags (an A/B's verdicts) that differ from what the run shows now."""
+        current = self.client.get_run(run_id).data.tags if tags else {}
+        for key, value in tags.items():
+            if current.get(key) != value:
+                self.client.set_tag(run_id, key, value[:5000])
 
     def _replace_table(self, run_id: str, table: dict[str, list[Any]]) -> None:
         """Write the samples table as a whole (MlflowClient.log_table would append to an existing one)."""

@@ -80,7 +80,7 @@ def test_mlflow_down_then_killed_mid_run_loses_nothing_and_sync_completes_the_sa
     assert line.startswith(f"error: tracker mlflow: MLflow at {server.url} failed: ")
     assert line.endswith("complete mlflow later with `chared sync --run-id down --out runs`")
     assert "Traceback" not in err and len(err.splitlines()) <= 3, err
-    assert json.loads(out)["five"]["n"] == 3.0
+    assert json.loads(out)["five"]["n_samples"] == 3.0
 
     # 2. Back up: `chared sync` finds the run by its marker and logs all of it, once.
     server.start()
@@ -92,7 +92,7 @@ def test_mlflow_down_then_killed_mid_run_loses_nothing_and_sync_completes_the_sa
         code, out, err = chared.run(*again, **env)  # a second sync, a resume: nothing doubles
         assert code == 0, err
         assert_complete(server.url, "down")
-    assert json.loads(out)["mix-w0.5"]["n"] == 3.0  # stdout is the summary alone (no MLflow links)
+    assert json.loads(out)["mix-w0.5"]["n_samples"] == 3.0  # stdout is the summary alone (no MLflow links)
     assert not (project / "runs" / "down" / "sync-pending.json").exists()
 
     # 3. The server dies in the middle of a run.

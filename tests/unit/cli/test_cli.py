@@ -118,7 +118,7 @@ def test_run_writes_records_and_resumes(project, capsys) -> None:
     assert code == 0, err
     assert "trackers: none" in err
     summary = json.loads(out)
-    assert summary["five"]["exact"] == 0.5 and summary["mix-w0.5"]["n"] == 2
+    assert summary["five"]["exact"] == 0.5 and summary["mix-w0.5"]["n_samples"] == 2
     lines = (project / "runs" / "r1" / "records.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["output"] == "The answer is 5."
     code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "r1", "--out", "runs", "--no-track")
@@ -137,17 +137,26 @@ def test_unknown_subcommand_is_an_argparse_error(capsys) -> None:
 
 
 def test_ab_runs_every_variant_and_writes_the_report(project, capsys) -> None:
-    code, out, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab1", "--out", "runs", "--no-track", "--resamples", "200")
+    code, out, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab1", "--out", "runs", "--no-track")
     assert code == 0, err
     report = project / "runs" / "ab1" / "report"
     assert out.splitlines()[0] == f"report: {report / 'report.md'}"
+    # the verdict table ends the output: every variant's mean, the ensemble's difference and verdict
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert table[0].split() == ["variant", "metric", "mean", "[95%", "CI]", "difference", "vs", "best", "single",
+                                "[95%", "CI]", "verdict"]
+    ensemble_row = next(line for line in table if line.startswith("mix-w0.5") and " exact " in line)
+    assert "vs five" in ensemble_row and "(p_holm " in ensemble_row
     md = (report / "report.md").read_text()
     assert "| mix-w0.5 | five | 2 |" in md  # ensemble vs single, paired on 2 samples
     assert (report / "report.html").is_file() and list(report.glob("*.png"))
     ab = json.loads((report / "ab.json").read_text())
     assert {(v["variant"], v["mean"]) for v in ab["variants"] if v["metric"] == "exact"} == {("five", 0.5), ("mix-w0.5", 0.5)}
     records = [json.loads(line) for line in (project / "runs" / "ab1" / "records.jsonl").read_text().splitlines()]
-    assert [r["sample_id"] for r in records] == ["a", "a", "b", "b"]  # interleaved: pairs complete early
+    # interleaved a batch of samples at a time (here both): a batch holds one variant's pairs
+    assert [(r["variant"], r["sample_id"]) for r in records] == [("five", "a"), ("five", "b"),
+                                                                 ("mix-w0.5", "a"), ("mix-w0.5", "b")]
+    assert {r["batch_size"] for r in records} == {2}
     # resuming a finished run does no decoding and rewrites the report
     (report / "report.md").unlink()
     code, out, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab1", "--out", "runs", "--no-track")
@@ -160,7 +169,8 @@ def test_ab_user_errors_are_one_line_exit_2(project, capsys) -> None:
         (["ab", "tiny", "--limit", "0"], "--limit 0 must be at least 1"),
         (["ab", "tiny", "--dataset-path", "missing.jsonl"], "--dataset-path 'missing.jsonl' is not a file"),
         (["ab", "tiny", "--no-track", "--tracker", "mlflow"], "contradict"),
-        (["ab", "tiny", "--resamples", "5"], "--resamples 5 is too few"),
+        (["ab", "tiny", "--effect", "exact=abc"], "--effect 'exact=abc' must be METRIC=VALUE"),
+        (["ab", "tiny", "--effect", "exact=-1"], "--effect 'exact=-1' must be METRIC=VALUE"),
     ]:
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
@@ -172,7 +182,7 @@ def test_ab_logs_the_run_and_its_report_to_mlflow(project, capsys, monkeypatch) 
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    code, _, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab2", "--out", "runs", "--resamples", "200")
+    code, _, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab2", "--out", "runs")
     assert code == 0, err
     assert "trackers: mlflow" in err and "warning: tracker" not in err
     client, _ = make_client(uri)

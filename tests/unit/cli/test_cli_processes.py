@@ -44,7 +44,7 @@ def test_a_second_process_on_the_same_run_id_exits_with_one_line_and_nothing_is_
     assert first.returncode == 0, err
     rows = [json.loads(line) for line in record_lines(project)]
     assert len(rows) == PAIRS and len({(r["sample_id"], r["variant"]) for r in rows}) == PAIRS
-    assert {v["n"] for v in json.loads(out).values()} == {3.0}
+    assert {v["n_samples"] for v in json.loads(out).values()} == {3.0}
     code, _, err = chared.run("run", "tiny", "--run-id", "r1", "--no-track")  # the lock went with the process
     assert code == 0 and "0 new records" in err
 
@@ -70,12 +70,12 @@ def test_a_pair_that_keeps_failing_is_counted_once_and_its_success_replaces_it(p
     for attempt in range(2):  # the second resume is where the error rows used to pile up
         code, out, err = chared.run("run", "tiny", "--run-id", "r1", "--no-track", CHARED_TEST_FAIL="two")
         assert code == 0, err
-        assert json.loads(out)["mix-w0.5"] == {"n": 3.0, "errors": 3.0}, attempt
+        assert json.loads(out)["mix-w0.5"] == {"n_samples": 3.0, "n_errors": 3.0, "forward_passes_total": 0.0}, attempt
         assert len(record_lines(project)) == PAIRS
     code, out, err = chared.run("run", "tiny", "--run-id", "r1", "--no-track")
     assert code == 0 and "3 new records" in err, err
     summary = json.loads(out)["mix-w0.5"]
-    assert (summary["n"], summary["errors"]) == (3.0, 0.0)
+    assert (summary["n_samples"], summary["n_errors"]) == (3.0, 0.0)
     rows = [json.loads(line) for line in record_lines(project)]
     assert len(rows) == PAIRS and all(r["error"] is None for r in rows)
 

@@ -119,10 +119,10 @@ def assert_complete(project: Path, run_id: str) -> list[dict]:
 
 def test_an_ab_run_on_the_cluster_writes_and_logs_what_a_local_run_does(project, drivers, cluster) -> None:
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    code, _, err = drivers.run("ab", "wide", "--run-id", "local", "--tracker", "mlflow", "--resamples", "200",
+    code, _, err = drivers.run("ab", "wide", "--run-id", "local", "--tracker", "mlflow",
                                ray=False, MLFLOW_TRACKING_URI=uri)
     assert code == 0, err
-    code, _, err = drivers.run("ab", "wide", "--run-id", "onray", "--tracker", "mlflow", "--resamples", "200",
+    code, _, err = drivers.run("ab", "wide", "--run-id", "onray", "--tracker", "mlflow",
                                MLFLOW_TRACKING_URI=uri)
     assert code == 0, err
     assert "on Ray at 127.0.0.1:" in err and "2 actor(s), 1 torch thread(s) each" in err

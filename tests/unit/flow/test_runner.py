@@ -188,10 +188,44 @@ def test_records_carry_the_sample_domain_and_variants_their_tokenizer_families(w
     assert families == {f: ("byte_level",) * n for f, n in (("five", 1), ("pair-w0.25", 2), ("pair-w0.75", 2))}
 
 
-def test_interleave_runs_every_variant_on_a_sample_before_the_next(workflow_store, tmp_path) -> None:
-    records = runner(workflow_store, tmp_path / "runs", interleave=True).run_all()
+def test_interleave_runs_every_variant_on_a_batch_of_samples_before_the_next(workflow_store, tmp_path) -> None:
+    records = runner(workflow_store, tmp_path / "runs", interleave=True, batch_size=1).run_all()
     assert [r.sample_id for r in records] == ["s1"] * 3 + ["s2"] * 3 + ["s3"] * 3
+    records = runner(workflow_store, tmp_path / "runs2", interleave=True, batch_size=2).run_all()
+    assert [(r.variant, r.sample_id) for r in records][:4] == [("five", "s1"), ("five", "s2"),
+                                                                ("pair-w0.25", "s1"), ("pair-w0.25", "s2")]
+    assert [r.sample_id for r in records][6:] == ["s3"] * 3
+    assert [r.batch_size for r in records] == [2] * 6 + [1] * 3
 
+
+def test_a_batch_never_holds_two_variants_while_it_is_timed(workflow_store, tmp_path, monkeypatch) -> None:
+    """Pairs of different variants never decode side by side (their latencies would mix)."""
+    import threading
+    import time as _time
+
+    from chared_flows.flow.pairs import PairRunner
+
+    in_flight: dict[str, int] = {}
+    together: list[set[str]] = []
+    lock = threading.Lock()
+    original = PairRunner.run
+
+    def run(self, variant, sample):
+        with lock:
+            in_flight[variant.name] = in_flight.get(variant.name, 0) + 1
+            together.append({name for name, n in in_flight.items() if n})
+        _time.sleep(0.05)  # long enough for the next pairs to start beside this one
+        try:
+            return original(self, variant, sample)
+        finally:
+            with lock:
+                in_flight[variant.name] -= 1
+
+    monkeypatch.setattr(PairRunner, "run", run)
+    records = runner(workflow_store, tmp_path / "runs", interleave=True, batch_size=8).run_all()
+    assert len(records) == 9 and len(together) == 9
+    assert all(len(names) == 1 for names in together), together
+    assert {r.batch_size for r in records} == {3}
 
 def test_dataset_overrides_replace_dataset_keys(workflow_store, tmp_path) -> None:
     other = [{"id": "x", "inputs": {"question": "9"}, "reference": 5}]
@@ -218,7 +252,7 @@ def test_a_resumed_run_replays_earlier_records_to_sinks_and_the_finisher_adds_ar
     kinds = [kind for kind, _ in sink.events]
     assert kinds == ["start"] + ["record"] * 9 + ["end"]  # 4 replayed, 5 new
     _, summary, artifacts = sink.events[-1][1]
-    assert summary["five"]["n"] == 3 and tmp_path / "report.md" in artifacts
+    assert summary["five"]["n_samples"] == 3 and tmp_path / "report.md" in artifacts
 
 
 # --- records under faults ---------------------------------------------------------
@@ -266,12 +300,14 @@ def test_a_retried_pair_replaces_its_error_row(workflow_store, tmp_path) -> None
     for attempt in range(3):  # the pairs fail again on every resume: still one row each
         assert all(r.error for r in run_with(broken_factory))
         assert len(results.path.read_text().splitlines()) == 3, attempt
-        assert {v["n"] for v in summarize(results.read()).values()} == {1.0}
+        assert {v["n_samples"] for v in summarize(results.read()).values()} == {1.0}
     assert all(r.error is None for r in run_with(scripted_llm))
     rows = [json.loads(line) for line in results.path.read_text().splitlines()]
     assert len(rows) == 3 and all(r["error"] is None for r in rows)
-    assert summarize(results.read())["five"] == {"n": 1.0, "errors": 0.0, "exact": 1.0,
-                                                 "latency_s": pytest.approx(rows[0]["latency_s"])}
+    assert summarize(results.read())["five"] == {
+        "n_samples": 1.0, "n_errors": 0.0, "exact": 1.0, "latency_s": pytest.approx(rows[0]["latency_s"]),
+        "chars_per_s": pytest.approx(rows[0]["chars_per_s"]), "forward_passes": rows[0]["forward_passes"],
+        "forward_passes_total": rows[0]["forward_passes"], "batch_size": 1.0}  # limit 1: alone
 
 
 def test_a_second_runner_on_the_same_run_id_is_refused_while_the_first_runs(workflow_store, tmp_path) -> None:
