@@ -100,3 +100,12 @@ def test_sigterm_mid_run_ends_the_mlflow_runs_killed_and_a_resume_finishes_them(
     five = next(r for r in runs if r.data.tags.get("chared.variant") == "five")
     assert five.data.metrics["n_samples"] == 3 and five.data.metrics["exact"] == pytest.approx(2 / 3)
     assert len(client.get_metric_history(five.info.run_id, "sample/exact")) == 3
+
+
+def test_without_a_terminal_progress_is_a_line_every_interval(project, chared):
+    code, _, err = chared.run("run", "tiny", "--run-id", "p1", "--no-track", CHARED_PROGRESS_INTERVAL_S="0.05")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("p1: ")]
+    assert lines and lines[-1].startswith("p1: 6/6 pairs, ") and "ETA" in lines[-1] and "/min" in lines[-1]
+    code, _, err = chared.run("run", "tiny", "--run-id", "p2", "--no-track", "--no-progress")
+    assert code == 0 and not [line for line in err.splitlines() if line.startswith("p2: ")]

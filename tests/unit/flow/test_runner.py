@@ -419,6 +419,11 @@ def test_bits_per_char_scores_the_reference_with_the_variants_ensemble_in_exact_
     alone = Ensemble([members["bf"]], mode="exact").score("", text).bits_per_char
     assert got[("bf", "code")] == pytest.approx(alone, rel=1e-6)
     assert got[("bl", "prose")] != got[("bf", "prose")]
+    # a scoring workflow's timings are the scoring's: scored characters per second, not the
+    # one generated character's
+    for r in records:
+        assert r.generation["timing"] == "scoring" and r.generation["scored_chars"] == len(r.reference)
+        assert r.chars_per_s > 0 and r.latency_s > r.generation["scored_chars"] / r.chars_per_s * 0.99
 
 
 def test_bits_per_char_needs_a_text_reference(workflow_store, tmp_path) -> None:

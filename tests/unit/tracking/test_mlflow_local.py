@@ -244,3 +244,28 @@ def test_an_unreachable_store_fails_once_in_one_line_and_stops_calling(run_recor
         tracker.on_run_end(run_record, {}, [])  # one more try at the end, then one error
     assert len(calls) == 2
     tracker.on_run_abort(run_record, "KILLED")  # nothing to reach: returns at once
+
+
+def test_the_ab_verdicts_reach_parent_and_children_under_shared_names(tracker_for, run_record, records):
+    """MLflow's compare view lines runs up by metric name: the parent holds `<variant>.<child's name>`."""
+    from chared_flows.evaluation.ab import compare, summary_entries
+    from chared_flows.flow.runner import summarize
+
+    summary = summarize(records)
+    ab = compare(records, run_record.variants).to_dict()
+    for variant, entries in summary_entries(ab).items():
+        summary[variant].update(entries)
+    tracker = run_through(tracker_for(), run_record, records, summary)
+    client = tracker.client
+    parent = client.get_run(tracker.parent_run_id).data
+    ens = client.get_run(tracker.child_run_ids["chared_0.5"]).data
+    single = client.get_run(tracker.child_run_ids["smollm2"]).data
+    comparison = next(c for c in ab["comparisons"] if c["single"] == "smollm2" and c["metric"] == "exact_match")
+    for name in ("diff", "ci_low", "ci_high", "p_holm"):
+        key = f"vs.smollm2.exact_match.{name}"
+        assert ens.metrics[key] == pytest.approx(comparison[name])
+        assert parent.metrics[f"chared_0.5.{key}"] == ens.metrics[key]
+    assert ens.tags["verdict.vs.smollm2.exact_match"] == comparison["verdict"] == "no detectable difference"
+    assert parent.tags["chared_0.5.verdict.vs.smollm2.exact_match"] == comparison["verdict"]
+    for name in ("n_samples", "n_errors", "exact_match", "latency_s"):  # the same names in both
+        assert parent.metrics[f"smollm2.{name}"] == pytest.approx(single.metrics[name])
