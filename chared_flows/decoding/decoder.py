@@ -34,9 +34,9 @@ from chared_flows.decoding.healing import drop_forced, heal_prompt
 from chared_flows.decoding.index import END, EOS
 from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound, MemberRound
-from chared_flows.decoding.scheduler import Client
-from chared_flows.decoding.scheduler import bound as bound_client
-from chared_flows.decoding.scheduler import gather
+from chared_flows.decoding.backends.scheduler import Client
+from chared_flows.decoding.backends.scheduler import bound as bound_client
+from chared_flows.decoding.backends.scheduler import gather
 from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
 from chared_flows.decoding.search import (
     SearchStats,

@@ -51,8 +51,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from chared_flows.decoding.backend import TokenRunner, loop_batch
-from chared_flows.decoding.runner import common_prefix_len
+from chared_flows.decoding.backends.protocol import TokenRunner, loop_batch
+from chared_flows.decoding.backends.transformers import common_prefix_len
 from chared_flows.errors import BackendError, ContextWindowError, MissingExtraError, ModelLoadError
 
 DEFAULT_CONTEXT = 4096

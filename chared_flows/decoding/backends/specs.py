@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from chared_flows.decoding.assets import MemberAssets
+from chared_flows.decoding.backends.assets import MemberAssets
 from chared_flows.errors import ConfigError, ModelLoadError
 
 PREFIXES = ("llama_cpp:", "served:")
@@ -50,7 +50,7 @@ def load_backend_assets(spec: str, root: Path) -> MemberAssets:
 
 def gguf_path(spec: str, root: Path) -> Path:
     """The GGUF file an alias or a .gguf path names."""
-    from chared_flows.decoding.models import EMBEDDED
+    from chared_flows.decoding.backends.loading import EMBEDDED
 
     if spec in EMBEDDED:
         return EMBEDDED[spec](root)
@@ -68,7 +68,7 @@ def gguf_path(spec: str, root: Path) -> Path:
 def tokenizer_from_gguf(path: Path, root: Path) -> Any:
     from transformers import AutoTokenizer
 
-    from chared_flows.decoding.models import gguf_fingerprint
+    from chared_flows.decoding.backends.loading import gguf_fingerprint
 
     converted = root / "converted" / f"{path.stem}-{gguf_fingerprint(path)}"
     if (converted / "tokenizer.json").is_file():
@@ -78,7 +78,7 @@ def tokenizer_from_gguf(path: Path, root: Path) -> Any:
 
 def load_tokenizer(spec: str, root: Path) -> Any:
     """The HF tokenizer of an alias, a .gguf file, a HF directory or a hub id (no weights loaded)."""
-    from chared_flows.decoding.models import EMBEDDED, _looks_like_hub_id
+    from chared_flows.decoding.backends.loading import EMBEDDED, _looks_like_hub_id
 
     if spec in EMBEDDED or spec.endswith(".gguf"):
         return tokenizer_from_gguf(gguf_path(spec, root), root)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from chared_flows.decoding.assets import MemberAssets, assets_for_model
+from chared_flows.decoding.backends.assets import MemberAssets, assets_for_model
 from chared_flows.errors import ConfigError, ModelLoadError
 
 _DTYPES = ("float32", "bfloat16", "float16")

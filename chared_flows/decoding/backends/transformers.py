@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from chared_flows.decoding.backend import TokenRunner, loop_batch
+from chared_flows.decoding.backends.protocol import TokenRunner, loop_batch
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
