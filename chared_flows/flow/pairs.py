@@ -138,7 +138,7 @@ class LocalPairs:
     """Pairs in this process: up to `batch_size` at once, in worker threads, records in `todo` order.
 
     Pairs in flight run in threads; their forward passes meet in the members' schedulers
-    and run as batched forwards (decoding/scheduler.py). Subtle: if the caller stops
+    and run as batched forwards (decoding/backends/scheduler.py). Subtle: if the caller stops
     (Ctrl-C, an error, a closed generator) the generations in flight are cancelled, not
     waited for, and pairs not started are never started.
     """

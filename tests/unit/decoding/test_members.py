@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from chared_flows.decoding import Member
-from chared_flows.decoding.backends.transformers import CachedRunner, UncachedRunner, common_prefix_len
+from chared_flows.decoding.backends.protocol import common_prefix_len
+from chared_flows.decoding.backends.transformers import CachedRunner, UncachedRunner
 from chared_flows.errors import ContextWindowError
 from tests.fixtures.tiny import PAD_ROWS, byte_fallback_tokenizer, byte_level_tokenizer, tiny_member, tiny_model
 
