@@ -124,15 +124,6 @@ class Ensemble:
     prune_threshold = property(lambda self: self.config.prune_threshold)
     token_healing = property(lambda self: self.config.token_healing)
 
-    def describe(self) -> dict:
-        return {
-            "members": list(self.names),
-            "families": [m.family for m in self.members],
-            "chat": [m.chat for m in self.members],
-            **self.config.ensemble_fields(),
-            "weights": [float(w) for w in self.weights],
-        }
-
     def score(self, prompt, continuation: str) -> ScoreResult:
         """Log-probability of each byte of `continuation` after `prompt` under this ensemble.
 
