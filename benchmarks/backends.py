@@ -36,7 +36,7 @@ PROMPT = (
 
 def agreement(members: dict[str, list[Member]], chars: int) -> None:
     texts = [p.read_text()[:chars] for p in sorted((Path(__file__).resolve().parent / "texts").glob("*.txt"))]
-    print(f"\n| model | positions | max abs logit diff | top-1 agreement | mean KL nats | max KL nats |")
+    print("\n| model | positions | max abs logit diff | top-1 agreement | mean KL nats | max KL nats |")
     print("|---|---:|---:|---:|---:|---:|")
     for hf, llama in zip(members["transformers"], members["llama.cpp"]):
         diffs, same, kls = [], [], []

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from chared_flows.decoding import Ensemble, Member  # noqa: E402
-from chared_flows.decoding.scheduler import scheduler_for  # noqa: E402
+from chared_flows.decoding.backends.scheduler import scheduler_for  # noqa: E402
 from benchmarks.questions import QUESTIONS  # noqa: E402
 
 

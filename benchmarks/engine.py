@@ -11,7 +11,7 @@ noisy, so compare ratios, not absolute times, between runs):
   the cost against running the members one after the other;
 - R_max = ensemble wall time / (max_k prefill_k + rounds x max_k t_k): against the
   slowest member alone, the floor when the members of a round run at the same time
-  (they do: one worker thread per member, chared_flows/decoding/scheduler.py);
+  (they do: one worker thread per member, chared_flows/decoding/backends/scheduler.py);
 - tokens fed per member after the prompt / the member's output tokens;
 - one marginal step (split of the full vocabulary, the widest step) and the
   per-round preparation (softmax, sort gather, UTF-8 mask), per member;

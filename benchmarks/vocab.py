@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from chared_flows.decoding.index import PrefixIndex  # noqa: E402
-from chared_flows.decoding.models import EMBEDDED, convert_gguf, default_cache_dir, quiet_transformers  # noqa: E402
+from chared_flows.decoding.backends.files import EMBEDDED, default_cache_dir  # noqa: E402
+from chared_flows.decoding.backends.loading import convert_gguf, quiet_transformers  # noqa: E402
 from chared_flows.decoding.vocab import ByteVocabulary  # noqa: E402
 from tests.fixtures.reference_vocab import (  # noqa: E402
     assert_same_index,

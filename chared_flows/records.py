@@ -24,7 +24,7 @@ class VariantSpec:
     mode: str = "chared"
     rule: str = "mixture"
     decoding: dict[str, Any] = field(default_factory=dict)
-    # One per member, e.g. ("byte_bpe", "sentencepiece_byte_fallback"); logged as a param.
+    # One per member, e.g. ("byte_level", "sentencepiece") (decoding/vocab.py); logged as a param.
     tokenizer_families: tuple[str, ...] = ()
 
     @property

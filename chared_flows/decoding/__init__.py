@@ -1,13 +1,21 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
-from chared_flows.decoding.backend import Backend, FactoryBackend, TokenRunner
+from chared_flows.decoding.backends.protocol import Backend, FactoryBackend, TokenRunner
 from chared_flows.decoding.config import DecodeConfig
-from chared_flows.decoding.decoder import CancelToken, Ensemble, GenerationResult, GenerationStats, cancellable
+from chared_flows.decoding.decoder import (
+    CancelToken,
+    Ensemble,
+    GenerationResult,
+    GenerationStats,
+    cancel_requested,
+    cancellable,
+)
 from chared_flows.decoding.index import PrefixIndex
-from chared_flows.decoding.assets import MemberAssets
+from chared_flows.decoding.backends.assets import MemberAssets
 from chared_flows.decoding.members import Member
 from chared_flows.decoding.scoring import ScoreResult
-from chared_flows.decoding.runner import TransformersBackend
+from chared_flows.decoding.summary import generation_info
+from chared_flows.decoding.backends.transformers import TransformersBackend
 from chared_flows.decoding.vocab import BYTE_LEVEL, SENTENCEPIECE, ByteVocabulary
 
 __all__ = [
@@ -15,6 +23,8 @@ __all__ = [
     "FactoryBackend",
     "TokenRunner",
     "cancellable",
+    "cancel_requested",
+    "generation_info",
     "TransformersBackend",
     "BYTE_LEVEL",
     "SENTENCEPIECE",

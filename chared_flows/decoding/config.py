@@ -19,8 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chared_flows.errors import ConfigError
 
-MODES = ("chared", "exact")
-RULES = ("mixture", "product", "adaptive")
 MAX_NEW_CHARS = 32_768  # far beyond the embedded models' context windows; a typo guard
 MAX_BEAM_WIDTH = 65_536  # a typo guard: exact-mode tests enumerate every path with it
 MAX_TEMPERATURE = 100.0

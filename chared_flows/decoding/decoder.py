@@ -34,9 +34,9 @@ from chared_flows.decoding.healing import drop_forced, heal_prompt
 from chared_flows.decoding.index import END, EOS
 from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound, MemberRound
-from chared_flows.decoding.scheduler import Client
-from chared_flows.decoding.scheduler import bound as bound_client
-from chared_flows.decoding.scheduler import gather
+from chared_flows.decoding.backends.scheduler import Client
+from chared_flows.decoding.backends.scheduler import bound as bound_client
+from chared_flows.decoding.backends.scheduler import gather
 from chared_flows.decoding.scoring import ScoreResult, score_chared, score_exact
 from chared_flows.decoding.search import (
     SearchStats,
@@ -123,15 +123,6 @@ class Ensemble:
     beam_width = property(lambda self: self.config.beam_width)
     prune_threshold = property(lambda self: self.config.prune_threshold)
     token_healing = property(lambda self: self.config.token_healing)
-
-    def describe(self) -> dict:
-        return {
-            "members": list(self.names),
-            "families": [m.family for m in self.members],
-            "chat": [m.chat for m in self.members],
-            **self.config.ensemble_fields(),
-            "weights": [float(w) for w in self.weights],
-        }
 
     def score(self, prompt, continuation: str) -> ScoreResult:
         """Log-probability of each byte of `continuation` after `prompt` under this ensemble.

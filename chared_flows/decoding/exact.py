@@ -49,7 +49,7 @@ import numpy as np
 from chared_flows.decoding.index import END, EOS, NUM_OPTIONS, Split
 from chared_flows.decoding.members import MemberSession
 from chared_flows.decoding.rounds import Cursor, EnsembleRound, MemberRound, Rule
-from chared_flows.decoding.scheduler import gather
+from chared_flows.decoding.backends.scheduler import gather
 from chared_flows.decoding.utf8 import next_byte_mask, pending_after
 
 DEFAULT_BEAM_WIDTH = 8

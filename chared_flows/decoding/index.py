@@ -27,15 +27,6 @@ NUM_OPTIONS = 258
 _KEYS = np.arange(-1, 257, dtype=np.int16)  # -1 = "token ends at this depth", then bytes 0..255
 
 
-def option_distribution(masses: np.ndarray, eos_mass: float) -> np.ndarray | None:
-    """[bytes 0..255, END] masses + EOS mass -> a distribution over the 258 options; None if no mass."""
-    dist = np.empty(NUM_OPTIONS)
-    dist[: END + 1] = masses
-    dist[EOS] = eos_mass
-    total = dist.sum()
-    return dist / total if total > 0 else None
-
-
 @dataclass
 class Split:
     """One marginal step: masses of END and of each next byte, and where each byte's range lies."""

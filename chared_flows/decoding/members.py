@@ -9,10 +9,10 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from chared_flows.decoding.assets import MemberAssets, assets_for_model
-from chared_flows.decoding.models import load_assets
+from chared_flows.decoding.backends.assets import MemberAssets, assets_for_model
+from chared_flows.decoding.backends.loading import load_assets
 from chared_flows.decoding.rounds import MemberRound
-from chared_flows.decoding.scheduler import PassScheduler, gather, scheduler_for
+from chared_flows.decoding.backends.scheduler import PassScheduler, gather, scheduler_for
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError, ContextWindowError
 

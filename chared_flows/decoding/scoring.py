@@ -35,7 +35,7 @@ from chared_flows.decoding.exact import ExactBeam, ExactSource
 from chared_flows.decoding.index import END
 from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound
-from chared_flows.decoding.scheduler import Client, bound
+from chared_flows.decoding.backends.scheduler import Client, bound
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ContextWindowError
 

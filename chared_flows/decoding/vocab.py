@@ -154,8 +154,8 @@ def _fallback_pieces() -> dict[str, bytes]:
     for byte in range(256):
         hi, lo = f"{byte:02x}"
         for h in {hi, hi.upper()}:
-            for l in {lo, lo.upper()}:
-                out[f"<0x{h}{l}>"] = bytes([byte])
+            for lw in {lo, lo.upper()}:
+                out[f"<0x{h}{lw}>"] = bytes([byte])
     return out
 
 

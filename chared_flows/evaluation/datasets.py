@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from chared_flows.errors import ConfigError, MissingExtraError
 from chared_flows.evaluation.base import Sample, register_dataset
@@ -127,6 +126,3 @@ def text_files(path: str | list[str], chunk_chars: int = 512, limit: int | None 
             )
     return samples
 
-
-def describe(samples: list[Sample]) -> dict[str, Any]:
-    return {"n": len(samples), "domains": sorted({s.domain for s in samples})}

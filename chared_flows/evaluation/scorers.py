@@ -1,8 +1,8 @@
-"""Scorers, registered by name: numeric_exact_match, pass_at_1, latency, bits_per_char.
+"""Scorers, registered by name: numeric_exact_match, pass_at_1, bits_per_char.
 
 A scorer sees the sample, the output text and the parsed output, nothing else.
-Timing numbers are not in the output, so they come from the `SampleRecord` instead
-(`record_metrics`): the `latency` scorer only declares that the run wants them reported.
+Timing numbers are not in the output: every SampleRecord carries them (latency_s,
+chars_per_s, forward_passes), whatever the scorers.
 `bits_per_char` reads the model, not the output: it declares `needs_model` and the
 workflow runner calls `score_model(sample, ensemble_for)` with a function that builds the
 variant's ensemble in a given mode.
@@ -17,7 +17,6 @@ from typing import Any
 from chared_flows.errors import ConfigError
 from chared_flows.evaluation.base import Sample, register_scorer
 from chared_flows.evaluation.sandbox import Limits, box_for, run_check
-from chared_flows.records import SampleRecord
 
 # A number as people write it: -1,234.50  $12  3/4 is not handled (GSM8K has none).
 _NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?")
@@ -80,17 +79,6 @@ class PassAt1:
         return {"pass_at_1": float(result.passed)}
 
 
-@dataclass
-class RecordField:
-    """Declares a number taken from the SampleRecord, not from the output."""
-
-    name: str
-    fields: tuple[str, ...] = ()
-
-    def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
-        return {}
-
-
 @register_scorer("numeric_exact_match")
 def _numeric_exact_match() -> NumericExactMatch:
     return NumericExactMatch()
@@ -99,11 +87,6 @@ def _numeric_exact_match() -> NumericExactMatch:
 @register_scorer("pass_at_1")
 def _pass_at_1(timeout_s: float = 10.0, unsafe_exec: bool = False) -> PassAt1:
     return PassAt1(timeout_s=timeout_s, unsafe_exec=unsafe_exec)
-
-
-@register_scorer("latency")
-def _latency() -> RecordField:
-    return RecordField("latency", ("latency_s", "chars_per_s", "forward_passes"))
 
 
 SCORING_MODES = ("exact", "chared", "variant")
@@ -148,13 +131,3 @@ class BitsPerChar:
 @register_scorer("bits_per_char")
 def _bits_per_char(mode: str = "exact") -> BitsPerChar:
     return BitsPerChar(mode=mode)
-
-
-def record_metrics(record: SampleRecord) -> dict[str, float]:
-    """Every number of one record: its scores plus latency, chars/s and forward passes."""
-    return {
-        **record.scores,
-        "latency_s": float(record.latency_s),
-        "chars_per_s": float(record.chars_per_s),
-        "forward_passes": float(record.forward_passes),
-    }

@@ -1,9 +1,9 @@
 """How a (variant, sample) pair becomes a SampleRecord, and where pairs run.
 
-`PairRunner` is the one code path from a pair to its record (render, generate through
-`template | CharEDLLM | parser`, parse, score). It is built from picklable parts (the
+`PairRunner` is the one code path from a pair to its record (render the template, generate
+with the variant's LLM (flow/llm.py), parse, score). It is built from picklable parts (the
 resolved workflow, the run's identity fields, the LLM factory) and builds each variant's
-chain once per process, so the driver's threads and a Ray actor in another process run
+LLM once per process, so the driver's threads and a Ray actor in another process run
 exactly the same code.
 
 An executor is where pairs run; the runner needs three methods from it:
@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Generator, Protocol
 
+from chared_flows.decoding import CancelToken, Ensemble, cancel_requested, cancellable
 from chared_flows.errors import CharedError, WorkflowError
 from chared_flows.evaluation.base import Sample
 from chared_flows.records import SampleRecord, VariantSpec
@@ -38,49 +39,44 @@ class PairExecutor(Protocol):
 
 
 class PairRunner:
-    """Runs one pair to its record; builds (and keeps) each variant's chain on first use."""
+    """Runs one pair to its record; builds (and keeps) each variant's LLM on first use."""
 
     def __init__(self, workflow: Any, identity: dict[str, Any], llm_factory: LLMFactory):
         self.workflow = workflow
         self.identity = dict(identity)
         self.llm_factory = llm_factory
-        self._chains: dict[str, tuple[Any, Any]] = {}
+        self._llms: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        # subtle: shipped to a Ray actor before any model loads; the loaded chains and the
+        # subtle: shipped to a Ray actor before any model loads; the loaded LLMs and the
         # lock stay behind (the actor loads its own members, once, in its own process).
         return {"workflow": self.workflow, "identity": self.identity, "llm_factory": self.llm_factory}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["workflow"], state["identity"], state["llm_factory"])
 
-    def chain(self, variant: VariantSpec) -> tuple[Any, Any]:
-        """(chain, llm) of the variant; the first call loads its members (one thread loads, others wait)."""
+    def llm(self, variant: VariantSpec) -> Any:
+        """The variant's LLM (`complete(prompt) -> (text, info)`), built once (one thread builds, others wait)."""
         with self._lock:
-            if variant.name not in self._chains:
-                from chared_flows.integrations.langchain import build_chain
-
-                llm = self.llm_factory(variant)
-                self._chains[variant.name] = (build_chain(self.workflow.template.render, llm, self.workflow.parser), llm)
-            return self._chains[variant.name]
+            if variant.name not in self._llms:
+                self._llms[variant.name] = self.llm_factory(variant)
+            return self._llms[variant.name]
 
     def families(self, variant: VariantSpec) -> list[str] | None:
         """Each member's tokenizer family (loads the members), or None for a non-CharED LLM."""
-        families = getattr(self.chain(variant)[1], "tokenizer_families", None)
+        families = getattr(self.llm(variant), "tokenizer_families", None)
         return None if families is None else list(families())
 
     def run(self, variant: VariantSpec, sample: Sample) -> SampleRecord:
         """The pair's record: its output and scores, or the CharedError that stopped it (kept, not raised)."""
-        from chared_flows.integrations.langchain import GenerationInfoCollector
-
-        chain, llm = self.chain(variant)
+        llm = self.llm(variant)
         record = self.blank_record(variant, sample)
-        collector = GenerationInfoCollector()
         started = time.perf_counter()
         try:
             record.prompt = self.workflow.template.render(sample.inputs)
-            result = chain.invoke(sample.inputs, config={"callbacks": [collector], "run_name": variant.name})
+            output, info = llm.complete(record.prompt)
+            parsed = self.workflow.parser(output)
         except CharedError as exc:  # a user-visible problem with this sample: keep it, go on
             record.error = f"{type(exc).__name__}: {exc}"
             record.latency_s = time.perf_counter() - started
@@ -88,11 +84,10 @@ class PairRunner:
             return record
         record.latency_s = time.perf_counter() - started
         record.timestamp = time.time()  # the end of the call: it ran from timestamp - latency_s
-        record.output, record.parsed = result["output"], result["parsed"]
-        if _cancelled():
+        record.output, record.parsed = output, parsed
+        if cancel_requested():
             record.error = "cancelled"  # the run is being interrupted: never written, not scored
             return record
-        info = collector.info
         record.finish_reason = str(info.get("finish_reason", ""))
         record.forward_passes = int(info.get("total_forward_passes", 0))
         record.generation = generation_summary(info)
@@ -159,7 +154,7 @@ class LocalPairs:
     """Pairs in this process: one variant's batch at a time, in worker threads, records in `todo` order.
 
     A batch's pairs run in threads; their forward passes meet in the members' schedulers
-    and run as batched forwards (decoding/scheduler.py). A batch holds one variant's pairs
+    and run as batched forwards (decoding/backends/scheduler.py). A batch holds one variant's pairs
     only (`variant_batches`), and each record says how many pairs shared it (`batch_size`).
     Subtle: if the caller stops (Ctrl-C, an error, a closed generator) the generations in
     flight are cancelled, not waited for, and pairs not started are never started.
@@ -179,8 +174,6 @@ class LocalPairs:
                 yield pair, _in_batch(self.runner.run(*pair), 1)
             return
         from concurrent.futures import ThreadPoolExecutor
-
-        from chared_flows.decoding.decoder import CancelToken, cancellable
 
         token = CancelToken()
 
@@ -259,20 +252,12 @@ def plan_actors(variants: list[VariantSpec], pairs: dict[str, int], actors: int)
     return [sorted(w, key=order.__getitem__) for w in workers]
 
 
-def _cancelled() -> bool:
-    from chared_flows.decoding.decoder import cancel_requested
-
-    return cancel_requested()
-
-
 def scoring_ensemble(members: list[Any], variant: VariantSpec, mode: str) -> Any:
     """The variant's members, weights and rule as an Ensemble in `mode` (scoring: "exact" by default).
 
     `mode="variant"` keeps the variant's own mode. Beam settings come from the variant's
     decoding parameters when it sets them.
     """
-    from chared_flows.decoding import Ensemble
-
     options = {k: variant.decoding[k] for k in ("beam_width", "prune_threshold") if k in variant.decoding}
     raw = [m.with_chat(False) for m in members]  # the text is scored as it is, not as a chat turn
     return Ensemble(raw, weights=variant.weights, mode=variant.mode if mode == "variant" else mode,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from chared_flows.errors import WorkflowError
 
 Parser = Callable[[str], Any]
 
@@ -51,8 +50,3 @@ PARSERS: dict[str, Parser] = {
     "python_code": parse_python_code,
 }
 
-
-def get_parser(name: str) -> Parser:
-    if name not in PARSERS:
-        raise WorkflowError(f"unknown output parser {name!r}; use one of: {', '.join(sorted(PARSERS))}")
-    return PARSERS[name]

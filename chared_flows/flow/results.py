@@ -127,10 +127,6 @@ class ResultsFile:
             latest[_pair(record)] = record
         return list(latest.values())
 
-    def finished_pairs(self) -> set[tuple[str, str]]:
-        """(sample_id, variant) pairs with a record and no error (errored pairs are retried)."""
-        return {_pair(r) for r in self.read() if r.error is None}
-
     def repair(self) -> str:
         """Cut a torn last line off (kept in `<file>.torn`); return what was cut ('' if nothing).
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import chared_flows
 from chared_flows.errors import WorkflowError
 from chared_flows.evaluation.base import Sample, load_dataset
+from chared_flows.flow.llm import VariantLLM
 from chared_flows.flow.loader import ResolvedWorkflow
 from chared_flows.flow.pairs import LLMFactory, LocalPairs, PairExecutor, PairRunner
 from chared_flows.flow.progress import progress_bar
@@ -58,9 +59,8 @@ Finisher = Callable[[RunRecord, list[SampleRecord]], "list[Path] | tuple[list[Pa
 
 
 def default_llm_factory(variant: VariantSpec) -> Any:
-    from chared_flows.integrations.langchain import llm_for_variant  # needs the langchain extra
-
-    return llm_for_variant(variant)
+    """The engine itself (flow/llm.py): a plain run needs no LangChain."""
+    return VariantLLM(variant)
 
 
 def new_run_id(workflow: str) -> str:

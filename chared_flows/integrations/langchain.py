@@ -17,14 +17,13 @@ This is the only module that imports langchain_core.
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 from chared_flows.errors import ConfigError, MissingExtraError
 
 try:
     from langchain_core.callbacks import (
         AsyncCallbackManagerForLLMRun,
-        BaseCallbackHandler,
         CallbackManagerForLLMRun,
     )
     from langchain_core.language_models import BaseChatModel, BaseLLM
@@ -39,13 +38,13 @@ try:
         GenerationChunk,
         LLMResult,
     )
-    from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
     from langchain_core.runnables.config import run_in_executor
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("langchain_core", "langchain") from exc
 
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
+from chared_flows.decoding import generation_info
 from chared_flows.decoding.config import CALL_FIELDS, MAX_NEW_CHARS, DecodeConfig, DecodeFields
 
 DEFAULT_MODELS = ["smollm2", "gemma3-270m"]
@@ -133,7 +132,7 @@ class CharEDParams(DecodeFields):
         return _build_ensemble(self._members(), self.decode_config())
 
     def tokenizer_families(self) -> list[str]:
-        """Each member's tokenizer family, e.g. ["byte_bpe", "sentencepiece_byte_fallback"] (loads them)."""
+        """Each member's tokenizer family, e.g. ["byte_level", "sentencepiece"] (loads them)."""
         return [str(m.family) for m in self._members()]
 
     def loaded_members(self) -> list[Any]:
@@ -168,23 +167,6 @@ class CharEDParams(DecodeFields):
         out["stop"] = merge_stops(self.stop, stop)
         out.update({k: v for k, v in call_kwargs.items() if k in CALL_OVERRIDES})
         return out
-
-
-def generation_info(result: Any) -> dict[str, Any]:
-    """The parts of a GenerationResult worth keeping in LangChain's generation_info."""
-    stats = result.stats
-    return {
-        "finish_reason": result.finish_reason,
-        "chars": stats.chars,
-        "rounds": len(result.rounds),
-        "wall_time_s": stats.wall_time_s,
-        "forward_passes": dict(stats.forward_passes),
-        "total_forward_passes": stats.total_forward_passes,
-        # Per member: each reads the prompt and the output in its own tokenization.
-        "prompt_tokens": dict(getattr(stats, "prompt_tokens", {}) or {}),
-        "output_tokens": dict(getattr(stats, "output_tokens", {}) or {}),
-        "tokens_fed": dict(getattr(stats, "tokens_fed", {}) or {}),
-    }
 
 
 def usage_metadata(info: dict[str, Any]) -> UsageMetadata:
@@ -263,6 +245,12 @@ class CharEDLLM(CharEDParams, BaseLLM):
         results = self.ensemble().generate_batch(prompts, **self.decode_kwargs(stop, kwargs))
         generations = [[Generation(text=r.text, generation_info=generation_info(r))] for r in results]
         return LLMResult(generations=generations, llm_output={"model": self.member_names()})
+
+    def complete(self, prompt: str) -> tuple[str, dict[str, Any]]:
+        """(text, generation_info) of one prompt, through LangChain's callbacks: the shape the
+        workflow runner calls (flow/llm.py), so a CharEDLLM can serve as a run's `llm_factory`."""
+        generation = self.generate([prompt]).generations[0][0]
+        return generation.text, dict(generation.generation_info or {})
 
     @staticmethod
     def _collect(chunks: Iterator[GenerationChunk]) -> tuple[str, dict[str, Any] | None]:
@@ -427,37 +415,3 @@ class ChatCharED(CharEDParams, BaseChatModel):
             if run_manager is not None and text:
                 run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
-
-
-# --- helpers for the workflow runner ------------------------------------------
-
-
-def llm_for_variant(variant: Any, **overrides: Any) -> CharEDLLM:
-    """A CharEDLLM for a records.VariantSpec (members, weights, mode, rule, decoding params)."""
-    return CharEDLLM(
-        models=list(variant.members),
-        weights=None if variant.weights is None else list(variant.weights),
-        mode=variant.mode,
-        rule=variant.rule,
-        **{**variant.decoding, **overrides},
-    )
-
-
-def build_chain(render: Callable[[dict[str, Any]], str], llm: Runnable, parse: Callable[[str], Any]) -> Runnable:
-    """`template | llm | parser`, keeping the raw output: invoke(inputs) -> {"output", "parsed"}."""
-    return (
-        RunnableLambda(render, name="template")
-        | llm
-        | RunnableParallel(output=RunnablePassthrough(), parsed=RunnableLambda(parse, name="parser"))
-    )
-
-
-class GenerationInfoCollector(BaseCallbackHandler):
-    """Keeps the generation_info of the last LLM call (finish reason, forward passes, timing)."""
-
-    def __init__(self) -> None:
-        self.info: dict[str, Any] = {}
-
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        if response.generations and response.generations[0]:
-            self.info = dict(response.generations[0][0].generation_info or {})

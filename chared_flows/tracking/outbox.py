@@ -195,13 +195,3 @@ class Outbox:
                 "SELECT status, COUNT(*) FROM items WHERE ? IS NULL OR kind = ? GROUP BY status", (kind, kind)
             ).fetchall()
         return {"pending": 0, "done": 0, "dead": 0, **dict(rows)}
-
-    def errors(self) -> dict[str, str]:
-        with self._db() as db:
-            rows = db.execute("SELECT key, last_error FROM items WHERE last_error != ''").fetchall()
-        return dict(rows)
-
-    def revive(self) -> int:
-        """Make dead items pending again (after fixing, e.g., a wrong API key)."""
-        with self._db() as db:
-            return db.execute("UPDATE items SET status = 'pending' WHERE status = 'dead'").rowcount

@@ -49,14 +49,6 @@ API_KEY_ENV = "PROMPTLAYER_API_KEY"
 BASE_URL_ENV = "PROMPTLAYER_BASE_URL"
 
 
-class _Permanent(Exception):
-    """The server refused the item for good (4xx other than 408/429): do not retry."""
-
-
-class _TimedOut(Exception):
-    pass
-
-
 def _api_key(api_key: str | None) -> str:
     key = api_key or os.environ.get(API_KEY_ENV)
     if not key:

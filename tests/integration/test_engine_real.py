@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from chared_flows.decoding import Ensemble, Member
-from chared_flows.decoding.runner import CachedRunner, UncachedRunner
+from chared_flows.decoding.backends.transformers import CachedRunner, UncachedRunner
 from tests.fixtures.reference_vocab import (
     assert_same_index,
     assert_same_vocabulary,

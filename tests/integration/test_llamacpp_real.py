@@ -17,8 +17,8 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extr
 from chared_flows.decoding import Ensemble, Member  # noqa: E402
 from chared_flows.decoding.backends.llamacpp import LlamaCppBackend  # noqa: E402
 from chared_flows.decoding.backends.specs import gguf_path  # noqa: E402
-from chared_flows.decoding.models import default_cache_dir  # noqa: E402
-from chared_flows.errors import ConfigError, ContextWindowError, ModelLoadError  # noqa: E402
+from chared_flows.decoding.backends.files import default_cache_dir  # noqa: E402
+from chared_flows.errors import ConfigError, ContextWindowError  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from chared_flows.decoding import Ensemble, Member, MemberAssets  # noqa: E402
 from chared_flows.decoding.backends.served import ServedBackend  # noqa: E402
 from chared_flows.decoding.backends.specs import gguf_path  # noqa: E402
 from chared_flows.decoding.backends.topk import TopKBackend  # noqa: E402
-from chared_flows.decoding.models import default_cache_dir  # noqa: E402
+from chared_flows.decoding.backends.files import default_cache_dir  # noqa: E402
 from chared_flows.errors import BackendError  # noqa: E402
 from tests.support.servers import free_port, server, stop  # noqa: E402
 

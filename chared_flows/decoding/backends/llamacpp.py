@@ -4,7 +4,7 @@ One `LlamaCppBackend` loads the model's weights once; each runner gets its own
 llama.cpp context (its own KV cache), taken from a pool so that a new
 session does not pay for allocating one.
 
-KV reuse is the same longest-common-prefix rule as runner.py: keep the
+KV reuse is the same longest-common-prefix rule as transformers.py: keep the
 positions the new ids share with what the context holds, remove the rest with
 llama.cpp's own `llama_memory_seq_rm`, feed only the new tokens, and ask for
 logits at the last position only (the full-vocabulary row, all output rows).
@@ -24,7 +24,7 @@ branches diverge deeper.
 Traps handled here:
 - Sliding-window models (Gemma-3): by default llama.cpp keeps only the window
   in the SWA layers, after which rolling back further is impossible.
-  `swa_full=True` keeps every position, as runner.py does for transformers.
+  `swa_full=True` keeps every position, as transformers.py does.
 - Freeing a snapshot's sequence happens when the snapshot object is garbage
   collected, which can be in any thread, at any allocation, even while this
   runner's decode runs (ctypes releases the GIL). So the finaliser only
@@ -51,8 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from chared_flows.decoding.backend import TokenRunner, loop_batch
-from chared_flows.decoding.runner import common_prefix_len
+from chared_flows.decoding.backends.protocol import TokenRunner, common_prefix_len, loop_batch
 from chared_flows.errors import BackendError, ContextWindowError, MissingExtraError, ModelLoadError
 
 DEFAULT_CONTEXT = 4096

@@ -39,9 +39,8 @@ from urllib.parse import urlsplit
 
 import torch
 
-from chared_flows.decoding.backend import TokenRunner
+from chared_flows.decoding.backends.protocol import TokenRunner, common_prefix_len
 from chared_flows.decoding.backends.topk import DEFAULT_REST, check_rest, check_top_k, topk_logits
-from chared_flows.decoding.runner import common_prefix_len
 from chared_flows.errors import BackendError, ConfigError
 
 APIS = ("llama_cpp", "openai")

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from chared_flows.decoding.assets import MemberAssets
+from chared_flows.decoding.backends.assets import MemberAssets
+from chared_flows.decoding.backends.files import EMBEDDED, converted_dir, looks_like_hub_id
 from chared_flows.errors import ConfigError, ModelLoadError
 
 PREFIXES = ("llama_cpp:", "served:")
@@ -50,8 +51,6 @@ def load_backend_assets(spec: str, root: Path) -> MemberAssets:
 
 def gguf_path(spec: str, root: Path) -> Path:
     """The GGUF file an alias or a .gguf path names."""
-    from chared_flows.decoding.models import EMBEDDED
-
     if spec in EMBEDDED:
         return EMBEDDED[spec](root)
     path = Path(spec).expanduser()
@@ -68,9 +67,7 @@ def gguf_path(spec: str, root: Path) -> Path:
 def tokenizer_from_gguf(path: Path, root: Path) -> Any:
     from transformers import AutoTokenizer
 
-    from chared_flows.decoding.models import gguf_fingerprint
-
-    converted = root / "converted" / f"{path.stem}-{gguf_fingerprint(path)}"
+    converted = converted_dir(path, root)
     if (converted / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(converted))
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -78,13 +75,11 @@ def tokenizer_from_gguf(path: Path, root: Path) -> Any:
 
 def load_tokenizer(spec: str, root: Path) -> Any:
     """The HF tokenizer of an alias, a .gguf file, a HF directory or a hub id (no weights loaded)."""
-    from chared_flows.decoding.models import EMBEDDED, _looks_like_hub_id
-
     if spec in EMBEDDED or spec.endswith(".gguf"):
         return tokenizer_from_gguf(gguf_path(spec, root), root)
     from transformers import AutoTokenizer
 
-    if Path(spec).expanduser().is_dir() or _looks_like_hub_id(spec):
+    if Path(spec).expanduser().is_dir() or looks_like_hub_id(spec):
         try:
             return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir() else spec)
         except OSError as exc:

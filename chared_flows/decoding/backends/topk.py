@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
-from chared_flows.decoding.backend import Backend, TokenRunner, loop_batch
+from chared_flows.decoding.backends.protocol import Backend, TokenRunner, loop_batch
 from chared_flows.errors import ConfigError
 
 REST_TREATMENTS = ("spread", "drop")

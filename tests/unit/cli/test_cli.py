@@ -277,3 +277,15 @@ def test_run_with_promptlayer_links_the_template_the_prompt_and_the_call_window(
         assert before <= body["request_start_time"] < body["request_end_time"] <= after
         assert body["request_end_time"] - body["request_start_time"] == pytest.approx(record["latency_s"])
     assert sorted(len(members) for members in server.groups.values()) == [2, 2]  # variants of each sample
+
+
+def test_python_dash_m_chared_flows_is_the_chared_command() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "chared_flows", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: chared ") and "generate" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "chared_flows", "run"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "usage: chared run" in bad.stderr

@@ -139,7 +139,7 @@ def test_a_good_workflow_passes_validate_and_run_reaches_the_models(no_model_loa
 
 
 def test_loading_a_model_logs_one_line_and_no_progress_bars(tmp_path, capfd, caplog) -> None:
-    from chared_flows.decoding import models
+    from chared_flows.decoding.backends import loading as models
     from tests.fixtures.tiny import PAD_ROWS, byte_level_tokenizer, tiny_model
 
     tok = byte_level_tokenizer()

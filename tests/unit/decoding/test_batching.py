@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from chared_flows.decoding import Ensemble, Member
-from chared_flows.decoding.scheduler import scheduler_for
+from chared_flows.decoding.backends.scheduler import scheduler_for
 from chared_flows.errors import ContextWindowError
 from tests.fixtures.tiny import PAD_ROWS, tiny_model, tokenizer_for
 
@@ -117,7 +117,7 @@ def test_a_suspended_stream_never_holds_other_decodings_up(pair):
 
 
 def test_streams_interleaved_in_one_thread_each_get_their_own_text(pair):
-    from chared_flows.decoding import scheduler
+    from chared_flows.decoding.backends import scheduler
 
     ens = Ensemble(pair, mode="chared")
     a, b = ens.stream("Tom has", max_new_chars=12), ens.stream("Café", max_new_chars=12)

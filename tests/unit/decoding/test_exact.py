@@ -12,7 +12,7 @@ from chared_flows.decoding.exact import ExactBeam
 from chared_flows.decoding.utf8 import next_byte_mask
 from chared_flows.decoding.index import EOS, NUM_OPTIONS
 from chared_flows.decoding.utf8 import split_complete
-from chared_flows.decoding.runner import UncachedRunner
+from chared_flows.decoding.backends.transformers import UncachedRunner
 from tests.fixtures.tiny import PAD_ROWS, scripted_member, table_member, tiny_member, tiny_model, tokenizer_for
 
 NO_PRUNING = dict(beam_width=65_536, prune_threshold=0.0)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from chared_flows.decoding import Member
-from chared_flows.decoding.runner import CachedRunner, UncachedRunner, common_prefix_len
+from chared_flows.decoding.backends.protocol import common_prefix_len
+from chared_flows.decoding.backends.transformers import CachedRunner, UncachedRunner
 from chared_flows.errors import ContextWindowError
 from tests.fixtures.tiny import PAD_ROWS, byte_fallback_tokenizer, byte_level_tokenizer, tiny_member, tiny_model
 
@@ -138,7 +139,7 @@ def test_batched_passes_give_each_sequence_its_own_logits(arch):
     Gemma-3's sliding window is 6 here, so most sequences reach past it: padding that
     moved a token's distance to the others would change the sliding layers' logits.
     """
-    from chared_flows.decoding.runner import TransformersBackend
+    from chared_flows.decoding.backends.transformers import TransformersBackend
 
     model = tiny_model(120, seed=7, arch=arch)
     backend, reference = TransformersBackend(model), UncachedRunner(model)

@@ -1,7 +1,7 @@
 import pytest
 
 from chared_flows.decoding import Ensemble, Member
-from chared_flows.decoding.models import load_assets
+from chared_flows.decoding.backends.loading import load_assets
 from chared_flows.errors import ConfigError, ModelLoadError
 from tests.fixtures.tiny import PAD_ROWS, byte_fallback_tokenizer, byte_level_tokenizer, tiny_model
 
@@ -50,7 +50,7 @@ def test_hub_id_offline_says_how_to_fix(monkeypatch, tmp_path):
 
 
 def test_device_choices_are_checked():
-    from chared_flows.decoding.models import resolve_device
+    from chared_flows.decoding.backends.loading import resolve_device
     from chared_flows.errors import ConfigError, ModelLoadError
 
     assert resolve_device("cpu") == "cpu"

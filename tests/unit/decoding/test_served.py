@@ -18,7 +18,7 @@ from chared_flows.decoding import Ensemble, Member, MemberAssets
 from chared_flows.decoding.backends.served import ServedBackend, parse_llama_cpp, parse_openai
 from chared_flows.decoding.backends.specs import parse_served
 from chared_flows.decoding.backends.topk import TopKBackend
-from chared_flows.decoding.runner import TransformersBackend
+from chared_flows.decoding.backends.transformers import TransformersBackend
 from chared_flows.errors import BackendError, ConfigError
 from tests.fixtures.tiny import PAD_ROWS, byte_level_tokenizer, tiny_member, tiny_model
 from tests.support.servers import free_port, standin

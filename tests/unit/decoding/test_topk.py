@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chared_flows.decoding.backends.topk import TopKBackend, topk_logits, truncate
-from chared_flows.decoding.runner import TransformersBackend
+from chared_flows.decoding.backends.transformers import TransformersBackend
 from chared_flows.errors import ConfigError
 from tests.fixtures.tiny import tiny_model
 

@@ -6,7 +6,7 @@ import pytest
 
 from chared_flows.errors import ConfigError
 from chared_flows.evaluation import Sample, get_scorer, load_dataset
-from chared_flows.evaluation.scorers import extract_number, record_metrics
+from chared_flows.evaluation.scorers import extract_number
 from chared_flows.records import SampleRecord
 
 GSM8K = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -81,11 +81,12 @@ def test_numeric_exact_match_uses_parsed_when_given():
     assert scorer.score(sample, "It is 999.", None) == {"exact_match": 0.0}
 
 
-def test_latency_comes_from_the_record():
-    assert get_scorer("latency").score(Sample("1", {}), "out", None) == {}
+def test_latency_is_no_scorer_every_record_carries_it():
+    with pytest.raises(ConfigError, match="unknown scorer 'latency'"):
+        get_scorer("latency")
     record = SampleRecord("r", "w", 1, "t", 1, "h", "v", "s", {}, "o", latency_s=2.0, chars_per_s=5.0,
                           forward_passes=7, scores={"exact_match": 1.0})
-    assert record_metrics(record) == {"exact_match": 1.0, "latency_s": 2.0, "chars_per_s": 5.0, "forward_passes": 7.0}
+    assert (record.latency_s, record.chars_per_s, record.forward_passes) == (2.0, 5.0, 7)
 
 
 def test_unknown_scorer_lists_known():

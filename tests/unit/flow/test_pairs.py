@@ -39,9 +39,9 @@ def _no_llm(variant):
     raise AssertionError("not called: pickling must not build chains")
 
 
-def test_a_pair_runner_pickles_without_its_loaded_chains() -> None:
+def test_a_pair_runner_pickles_without_its_loaded_llms() -> None:
     runner = PairRunner(_Workflow(), {"run_id": "r"}, _no_llm)
-    runner._chains["x"] = ("a chain", "an llm")  # as after a load in this process
+    runner._llms["x"] = "an llm"  # as after a load in this process
     copy = pickle.loads(pickle.dumps(runner))
-    assert copy._chains == {} and copy.identity == {"run_id": "r"} and copy.llm_factory is _no_llm
+    assert copy._llms == {} and copy.identity == {"run_id": "r"} and copy.llm_factory is _no_llm
     assert isinstance(copy.workflow, _Workflow)

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from chared_flows.errors import WorkflowError
-from chared_flows.flow.parsers import get_parser, parse_number, parse_python_code, parse_text
+from chared_flows.flow.parsers import PARSERS, parse_number, parse_python_code, parse_text
 
 
 @pytest.mark.parametrize(
@@ -35,8 +34,7 @@ def test_python_code_cuts_a_completion_where_the_function_ends() -> None:
     assert parse_python_code(text) == "    total = 0\n    for x in xs:\n\n        total += x\n    return total\n"
 
 
-def test_text_strips_and_unknown_parser_is_an_error() -> None:
+def test_text_strips_and_the_parsers_are_registered_by_name() -> None:
+    # an unknown parser name is the loader's error: test_spec_loader.py::test_unknown_parser_and_unknown_key
     assert parse_text("  hi \n") == "hi"
-    assert get_parser("number") is parse_number
-    with pytest.raises(WorkflowError, match="unknown output parser 'yaml'; use one of: number, python_code, text"):
-        get_parser("yaml")
+    assert PARSERS == {"text": parse_text, "number": parse_number, "python_code": parse_python_code}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -456,3 +455,49 @@ def test_a_closed_run_cancels_the_generations_in_flight(workflow_store, tmp_path
 def test_batch_size_must_be_positive(workflow_store, tmp_path) -> None:
     with pytest.raises(WorkflowError, match="batch size 0 must be an integer >= 1"):
         runner(workflow_store, tmp_path, batch_size=0)
+
+
+PLAIN_WORKFLOW = """\
+name: plain
+version: 1
+template: qa@1
+dataset:
+  kind: inline
+  samples:
+    - {id: s1, inputs: {question: "2+3"}, reference: 5}
+decoding: {max_new_chars: 6, mode: chared}
+variants:
+  - name: solo
+    models: [MODEL]
+"""
+
+
+def test_a_plain_run_decodes_with_the_engine_and_never_imports_langchain(tmp_path, monkeypatch) -> None:
+    """The default LLM factory is the engine's (flow/llm.py): `chared run` needs no LangChain."""
+    import sys
+
+    from chared_flows.decoding import Ensemble, Member
+    from tests.fixtures.tiny import PAD_ROWS, byte_level_tokenizer, tiny_model
+
+    tok = byte_level_tokenizer()
+    tiny_model(len(tok) + PAD_ROWS, seed=3).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "templates" / "qa").mkdir(parents=True)
+    (tmp_path / "templates" / "qa" / "v1.yaml").write_text(
+        "name: qa\nversion: 1\ninput_variables: [question]\ntemplate: 'Q: {question}\\nA:'\n")
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "plain.yaml").write_text(PLAIN_WORKFLOW.replace("MODEL", str(tmp_path / "m")))
+    store = WorkflowStore(tmp_path / "workflows", TemplateStore(tmp_path / "templates"))
+    for name in [n for n in sys.modules if n.split(".")[0] == "langchain_core" or n.startswith("chared_flows.integrations")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "langchain_core", None)  # `import langchain_core` now fails
+
+    sink = RecordingSink()
+    (record,) = WorkflowRunner(store.resolve("plain"), out_dir=tmp_path / "runs", run_id="p1", sinks=[sink],
+                               progress=False).run_all()
+    assert "chared_flows.integrations.langchain" not in sys.modules
+    assert record.prompt.startswith("Q: 2+3")
+    want = Ensemble([Member.load(str(tmp_path / "m"))], mode="chared").generate(record.prompt, max_new_chars=6)
+    assert record.error is None and record.output == want.text and record.finish_reason == want.finish_reason
+    assert record.forward_passes == want.stats.total_forward_passes > 0
+    assert sink.events[0][1].variants[0].tokenizer_families == ("byte_level",)

@@ -237,7 +237,7 @@ def test_real_engine_stream_equals_invoke_and_never_shows_the_stop_string() -> N
 
 def test_batch_decodes_the_prompts_together_with_the_same_texts() -> None:
     """LangChain's batch -> one generate_batch: the members' passes run batched, texts as invoke's."""
-    from chared_flows.decoding.scheduler import scheduler_for
+    from chared_flows.decoding.backends.scheduler import scheduler_for
     from tests.fixtures.tiny import tiny_member
 
     members = [tiny_member("byte_level", 0), tiny_member("byte_fallback", 1)]

@@ -20,7 +20,7 @@ def run_record() -> RunRecord:
             VariantSpec("gemma", ("gemma3",)),
             VariantSpec(
                 "chared_0.5", ("smollm2", "gemma3"), (0.5, 0.5), decoding={"max_new_chars": 64, "greedy": True},
-                tokenizer_families=("byte_bpe", "sentencepiece"),
+                tokenizer_families=("byte_level", "sentencepiece"),
             ),
         ],
         package_version="0.1.0",

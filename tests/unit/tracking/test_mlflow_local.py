@@ -74,7 +74,7 @@ def test_parent_and_child_runs_with_params_metrics_table(tracker_for, run_record
     assert ens.data.params["weights"] == "0.5,0.5"
     assert ens.data.params["mode"] == "chared"
     assert ens.data.params["decoding.max_new_chars"] == "64"
-    assert ens.data.params["tokenizer_families"] == "byte_bpe,sentencepiece"
+    assert ens.data.params["tokenizer_families"] == "byte_level,sentencepiece"
     assert ens.data.metrics["latency_s"] == pytest.approx(1.5)  # the mean, under its own name
     assert ens.data.metrics["forward_passes_total"] == 33
 

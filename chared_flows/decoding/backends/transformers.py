@@ -23,15 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from chared_flows.decoding.backend import TokenRunner, loop_batch
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+from chared_flows.decoding.backends.protocol import TokenRunner, common_prefix_len, loop_batch
 
 
 @dataclass(frozen=True)

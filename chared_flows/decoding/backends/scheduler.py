@@ -54,10 +54,6 @@ class Client:
         self._lock = threading.Lock()  # the members' workers update these at once
 
     @property
-    def registered(self) -> bool:
-        return self.holds > 0
-
-    @property
     def idle(self) -> bool:
         """Blocked, and not about to be woken by a running batch."""
         return self.blocked and self.running == 0

@@ -10,7 +10,7 @@ a served model over HTTP, ...). The engine asks it for:
 - `identity()`: what tracking records about the model (kind, source, ...).
 
 The token -> bytes table, the canonical tokenizer and the EOS ids live in
-`MemberAssets` (members.py), next to the backend: every backend here takes token
+`MemberAssets` (backends/assets.py), next to the backend: every backend here takes token
 ids in and gives logits out, and tokenization is always the HF tokenizer's.
 
 Logits are a 1-D float tensor over the model's output rows (padded rows
@@ -60,6 +60,15 @@ class Backend(Protocol):
 
     def identity(self) -> dict[str, Any]:
         ...
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids two sequences share (a runner keeps that much of its KV cache)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def loop_batch(runners: Sequence[TokenRunner], token_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:

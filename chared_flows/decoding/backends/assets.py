@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from chared_flows.decoding.backend import Backend, FactoryBackend, TokenRunner
+from chared_flows.decoding.backends.protocol import Backend, FactoryBackend, TokenRunner
 from chared_flows.decoding.index import PrefixIndex
-from chared_flows.decoding.runner import TransformersBackend
+from chared_flows.decoding.backends.transformers import TransformersBackend
 from chared_flows.decoding.vocab import ByteVocabulary
 
 
