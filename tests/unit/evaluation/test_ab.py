@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chared_flows.evaluation.ab import binomial_ci, compare, summary_entries
-from chared_flows.evaluation.stats import mcnemar_test, paired_t_test
+from chared_flows.evaluation.ab import binomial_ci, compare
+from chared_flows.evaluation.stats import mcnemar_test
 from chared_flows.records import SampleRecord, VariantSpec
 
 VARIANTS = [
