@@ -281,10 +281,10 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit} must be at least 1")
     executor = pair_executor(args)
-    resolved = workflow_store(args).resolve(args.workflow)
     overrides = dataset_overrides(args)
-    workflow_store(args).check_samples(resolved, {**resolved.spec.dataset, **overrides}, args.limit)
-    names = tracker_names(args, list(resolved.spec.trackers))
+    chosen = None if not (args.no_track or args.tracker) else tracker_names(args, [])
+    checked = preflight(args, overrides, limit=args.limit, trackers=chosen)  # = `chared workflows validate`
+    resolved, names = checked.resolved, checked.trackers
     fanout = build_trackers(names, resolved)
     runner = WorkflowRunner(
         resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit, sinks=[fanout],
@@ -300,6 +300,14 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
         file=sys.stderr,
     )
     return runner, fanout
+
+
+def preflight(args: argparse.Namespace, overrides: dict, *, limit: int | None = None, trackers=None):
+    """The checks `run`, `ab` and `workflows validate` share, before any model loads (flow/preflight.py)."""
+    from chared_flows.flow.preflight import preflight as check
+
+    name = args.workflow if hasattr(args, "workflow") else args.name
+    return check(workflow_store(args), name, dataset_overrides=overrides, limit=limit, trackers=trackers)
 
 
 def drain(runner) -> int:
@@ -544,9 +552,9 @@ def cmd_workflows(args: argparse.Namespace) -> int:
                 continue
             print(f"{name}  v{spec.version}  {spec.template}  {len(spec.expanded_variants())} variants")
     elif args.action == "validate":
-        resolved = store.resolve(args.name)
         overrides = dataset_overrides(args)
-        count = store.check_samples(resolved, {**resolved.spec.dataset, **overrides})
+        checked = preflight(args, overrides)  # exactly what `chared run` checks before loading models
+        resolved, count = checked.resolved, checked.n_samples
         spec = resolved.spec
         print(f"ok: {spec.name} v{spec.version} ({resolved.path})")
         print(f"  template {resolved.template.ref} {resolved.template.content_hash}")

@@ -67,6 +67,11 @@ def _api_key(api_key: str | None) -> str:
     return key
 
 
+def require_api_key() -> None:
+    """Raise the missing-key ConfigError now (checked before a run starts)."""
+    _api_key(None)
+
+
 def _sdk(api_key: str, base_url: str | None):
     try:
         from promptlayer import PromptLayer

@@ -13,6 +13,7 @@ from chared_flows import cli
 from chared_flows.decoding import Member
 from chared_flows.evaluation import base as evaluation
 from tests.fixtures.tiny import scripted_member
+from tests.support.scripted_cli import accept_scripted_specs
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPTS = {"five": "The answer is 5.\nQuestion: more", "two": "The answer is 2.\nQuestion: more"}
@@ -44,6 +45,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     load = lambda spec, chat=False, **_: scripted_member(SCRIPTS[spec], name=spec)  # noqa: E731
     monkeypatch.setattr(lc, "_load_member", load)
     monkeypatch.setattr(Member, "load", staticmethod(load))
+    accept_scripted_specs(SCRIPTS, monkeypatch)
     return tmp_path
 
 
