@@ -331,10 +331,12 @@ def report_tracker_failures(fanout, runner) -> int:
     n = len(runner.results.read())
     for name, message in failed.items():
         message = message.removeprefix("TrackingError: ")
+        # PromptLayer's items wait in one outbox for every run: a plain `chared sync` sends them
+        how = "`chared sync`" if name == "promptlayer" else \
+            f"`chared sync --run-id {runner.run_id} --out {runner.run_dir.parent}`"
         print(
-            f"error: tracker {name}: {' '.join(message.split())[:300]}; the run's {n} records are safe in "
-            f"{runner.results.path}; complete {name} later with "
-            f"`chared sync --run-id {runner.run_id} --out {runner.run_dir.parent}`",
+            f"error: tracker {name}: {' '.join(message.split())[:400]}; the run's {n} records are safe in "
+            f"{runner.results.path}; complete {name} later with {how}",
             file=sys.stderr,
         )
     return EXIT_TRACKING
@@ -427,8 +429,13 @@ def add_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    """MLflow for each run that missed it, then PromptLayer's outbox; "nothing to sync" if neither waits.
+
+    Exit 0 when everything was sent; 3 when something is still missing (try again later);
+    2 when PromptLayer items wait but PROMPTLAYER_API_KEY is not set (MLflow is synced first).
+    """
     from chared_flows.flow.sync import clear_pending, pending_runs
-    from chared_flows.tracking.promptlayer import API_KEY_ENV
+    from chared_flows.tracking.promptlayer import API_KEY_ENV, waiting_items
 
     if args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout} must be positive")
@@ -439,15 +446,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
             raise ConfigError(f"no run {args.run_id!r} in {out}; give --out and --run-id of an existing run")
     else:
         run_dirs = pending_runs(out, "mlflow")
+    waiting = waiting_items()  # 0 without creating an outbox: a user who never used PromptLayer needs no key
+    if not run_dirs and not waiting:
+        for run_dir in pending_runs(out, "promptlayer"):  # sent by a later run or an earlier sync
+            clear_pending(run_dir, "promptlayer")
+        print("nothing to sync")
+        return 0
     code = 0
     for run_dir in run_dirs:
         code = max(code, sync_mlflow(args, run_dir))
-    if os.environ.get(API_KEY_ENV) or not run_dirs:  # without a key and with MLflow work: MLflow only
-        sent = sync_promptlayer(args.timeout)
-        if sent == 0:  # the outbox is empty: no run waits for PromptLayer any more
+    if waiting and not os.environ.get(API_KEY_ENV):
+        print(f"error: {waiting} PromptLayer item(s) wait in the outbox but {API_KEY_ENV} is not set; "
+              "export it and run `chared sync` again", file=sys.stderr)
+        return max(code, EXIT_USER_ERROR)
+    if waiting:
+        left = sync_promptlayer(args.timeout)
+        if left == 0:  # the outbox is empty: no run waits for PromptLayer any more
             for run_dir in pending_runs(out, "promptlayer"):
                 clear_pending(run_dir, "promptlayer")
-        code = max(code, sent)
+        code = max(code, left)
     return code
 
 
@@ -488,7 +505,7 @@ def sync_promptlayer(timeout: float) -> int:
     )
     if result.pending:
         print(f"error: {result.pending} item(s) still pending; run `chared sync` again later", file=sys.stderr)
-        return 1
+        return EXIT_TRACKING
     return 0
 
 
@@ -633,7 +650,8 @@ def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-_QUIETED = ("chared_flows.tracking.base", "urllib3", "mlflow.tracing", "mlflow.utils.requests_utils")
+_QUIETED = ("chared_flows.tracking.base", "chared_flows.tracking.promptlayer", "urllib3", "mlflow.tracing",
+            "mlflow.utils.requests_utils")
 
 
 def _quiet_libraries() -> dict[str, int]:
