@@ -30,7 +30,7 @@ def gsm8k_final_answer(answer: str) -> str:
 
 
 @register_dataset("gsm8k_jsonl")
-def gsm8k_jsonl(path: str, limit: Positive | None = None) -> list[Sample]:
+def gsm8k_jsonl(path: str | Path, limit: Positive | None = None) -> list[Sample]:
     """GSM8K-format JSONL: one {"question", "answer"} per line, the answer ending '#### N'.
 
     `path` may use ~ and $VARIABLES (e.g. `path: $GSM8K_JSONL`); a relative path is read
@@ -110,7 +110,7 @@ def humaneval(limit: Positive | None = None, offset: Annotated[int, Field(ge=0)]
 
 @register_dataset("text")
 def text_files(
-    path: str | list[str], chunk_chars: Positive = 512, limit: Positive | None = None, domain: str = ""
+    path: str | Path | list[str | Path], chunk_chars: Positive = 512, limit: Positive | None = None, domain: str = ""
 ) -> list[Sample]:
     """Plain text for bits per character: each file cut into chunks of `chunk_chars` characters.
 
@@ -119,7 +119,7 @@ def text_files(
     """
     if chunk_chars <= 0:
         raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}")
-    files = [path] if isinstance(path, str) else list(path)
+    files = [path] if isinstance(path, (str, Path)) else list(path)
     samples: list[Sample] = []
     for name in files:
         file = Path(name).expanduser()
