@@ -577,6 +577,7 @@ def cmd_workflows(args: argparse.Namespace) -> int:
         print(f"  template {resolved.template.ref} {resolved.template.content_hash}")
         print(f"  dataset  {json.dumps({**spec.dataset, **overrides}, default=str)}: {count} samples")
         print(f"  parser   {spec.parser}; scorers: {', '.join(s.name for s in spec.scorer_refs()) or 'none'}")
+        print(f"  trackers {', '.join(checked.trackers) or 'none'}")
         for v in resolved.variants:
             weights = "" if v.weights is None else " weights " + "/".join(f"{w:g}" for w in v.weights)
             print(f"  variant  {v.name}: {'+'.join(v.members)}{weights} mode {v.mode}, rule {v.rule}")
