@@ -283,10 +283,10 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit} must be at least 1")
     executor = pair_executor(args)
-    resolved = workflow_store(args).resolve(args.workflow)
     overrides = dataset_overrides(args)
-    workflow_store(args).check_samples(resolved, {**resolved.spec.dataset, **overrides}, args.limit)
-    names = tracker_names(args, list(resolved.spec.trackers))
+    chosen = None if not (args.no_track or args.tracker) else tracker_names(args, [])
+    checked = preflight(args, overrides, limit=args.limit, trackers=chosen)  # = `chared workflows validate`
+    resolved, names = checked.resolved, checked.trackers
     fanout = build_trackers(names, resolved)
     runner = WorkflowRunner(
         resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit, sinks=[fanout],
@@ -302,6 +302,14 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
         file=sys.stderr,
     )
     return runner, fanout
+
+
+def preflight(args: argparse.Namespace, overrides: dict, *, limit: int | None = None, trackers=None):
+    """The checks `run`, `ab` and `workflows validate` share, before any model loads (flow/preflight.py)."""
+    from chared_flows.flow.preflight import preflight as check
+
+    name = args.workflow if hasattr(args, "workflow") else args.name
+    return check(workflow_store(args), name, dataset_overrides=overrides, limit=limit, trackers=trackers)
 
 
 def drain(runner) -> int:
@@ -325,10 +333,12 @@ def report_tracker_failures(fanout, runner) -> int:
     n = len(runner.results.read())
     for name, message in failed.items():
         message = message.removeprefix("TrackingError: ")
+        # PromptLayer's items wait in one outbox for every run: a plain `chared sync` sends them
+        how = "`chared sync`" if name == "promptlayer" else \
+            f"`chared sync --run-id {runner.run_id} --out {runner.run_dir.parent}`"
         print(
-            f"error: tracker {name}: {' '.join(message.split())[:300]}; the run's {n} records are safe in "
-            f"{runner.results.path}; complete {name} later with "
-            f"`chared sync --run-id {runner.run_id} --out {runner.run_dir.parent}`",
+            f"error: tracker {name}: {' '.join(message.split())[:400]}; the run's {n} records are safe in "
+            f"{runner.results.path}; complete {name} later with {how}",
             file=sys.stderr,
         )
     return EXIT_TRACKING
@@ -438,8 +448,13 @@ def add_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    """MLflow for each run that missed it, then PromptLayer's outbox; "nothing to sync" if neither waits.
+
+    Exit 0 when everything was sent; 3 when something is still missing (try again later);
+    2 when PromptLayer items wait but PROMPTLAYER_API_KEY is not set (MLflow is synced first).
+    """
     from chared_flows.flow.sync import clear_pending, pending_runs
-    from chared_flows.tracking.promptlayer import API_KEY_ENV
+    from chared_flows.tracking.promptlayer import API_KEY_ENV, waiting_items
 
     if args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout} must be positive")
@@ -450,15 +465,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
             raise ConfigError(f"no run {args.run_id!r} in {out}; give --out and --run-id of an existing run")
     else:
         run_dirs = pending_runs(out, "mlflow")
+    waiting = waiting_items()  # 0 without creating an outbox: a user who never used PromptLayer needs no key
+    if not run_dirs and not waiting:
+        for run_dir in pending_runs(out, "promptlayer"):  # sent by a later run or an earlier sync
+            clear_pending(run_dir, "promptlayer")
+        print("nothing to sync")
+        return 0
     code = 0
     for run_dir in run_dirs:
         code = max(code, sync_mlflow(args, run_dir))
-    if os.environ.get(API_KEY_ENV) or not run_dirs:  # without a key and with MLflow work: MLflow only
-        sent = sync_promptlayer(args.timeout)
-        if sent == 0:  # the outbox is empty: no run waits for PromptLayer any more
+    if waiting and not os.environ.get(API_KEY_ENV):
+        print(f"error: {waiting} PromptLayer item(s) wait in the outbox but {API_KEY_ENV} is not set; "
+              "export it and run `chared sync` again", file=sys.stderr)
+        return max(code, EXIT_USER_ERROR)
+    if waiting:
+        left = sync_promptlayer(args.timeout)
+        if left == 0:  # the outbox is empty: no run waits for PromptLayer any more
             for run_dir in pending_runs(out, "promptlayer"):
                 clear_pending(run_dir, "promptlayer")
-        code = max(code, sent)
+        code = max(code, left)
     return code
 
 
@@ -499,7 +524,7 @@ def sync_promptlayer(timeout: float) -> int:
     )
     if result.pending:
         print(f"error: {result.pending} item(s) still pending; run `chared sync` again later", file=sys.stderr)
-        return 1
+        return EXIT_TRACKING
     return 0
 
 
@@ -563,14 +588,15 @@ def cmd_workflows(args: argparse.Namespace) -> int:
                 continue
             print(f"{name}  v{spec.version}  {spec.template}  {len(spec.expanded_variants())} variants")
     elif args.action == "validate":
-        resolved = store.resolve(args.name)
         overrides = dataset_overrides(args)
-        count = store.check_samples(resolved, {**resolved.spec.dataset, **overrides})
+        checked = preflight(args, overrides)  # exactly what `chared run` checks before loading models
+        resolved, count = checked.resolved, checked.n_samples
         spec = resolved.spec
         print(f"ok: {spec.name} v{spec.version} ({resolved.path})")
         print(f"  template {resolved.template.ref} {resolved.template.content_hash}")
         print(f"  dataset  {json.dumps({**spec.dataset, **overrides}, default=str)}: {count} samples")
         print(f"  parser   {spec.parser}; scorers: {', '.join(s.name for s in spec.scorer_refs()) or 'none'}")
+        print(f"  trackers {', '.join(checked.trackers) or 'none'}")
         for v in resolved.variants:
             weights = "" if v.weights is None else " weights " + "/".join(f"{w:g}" for w in v.weights)
             print(f"  variant  {v.name}: {'+'.join(v.members)}{weights} mode {v.mode}, rule {v.rule}")
@@ -686,7 +712,8 @@ def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-_QUIETED = ("chared_flows.tracking.base", "urllib3", "mlflow.tracing", "mlflow.utils.requests_utils")
+_QUIETED = ("chared_flows.tracking.base", "chared_flows.tracking.promptlayer", "urllib3", "mlflow.tracing",
+            "mlflow.utils.requests_utils")
 
 
 def _quiet_libraries() -> dict[str, int]:

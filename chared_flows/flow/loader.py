@@ -73,7 +73,9 @@ class WorkflowStore:
         return spec, path, locate
 
     def resolve(self, name_or_path: str) -> ResolvedWorkflow:
-        spec, path, locate = self.load(name_or_path)
+        return self.resolve_loaded(*self.load(name_or_path))
+
+    def resolve_loaded(self, spec: WorkflowSpec, path: Path, locate: Locator) -> ResolvedWorkflow:
         where = lambda *key: f"{path}:{locate(key)}"  # noqa: E731
         template = self._resolve_template(spec.template, where("template"))
         self._check_dataset_kind(spec.dataset, where("dataset", "kind"))
@@ -98,28 +100,53 @@ class WorkflowStore:
         except CharedError as exc:
             raise WorkflowError(f"{where}: template: {exc}") from None
 
-    def check_samples(self, resolved: ResolvedWorkflow, dataset_ref: dict[str, Any], limit: int | None = None) -> int:
-        """Load the dataset and render the template on every sample: what `run` needs before any model.
+    def check_samples(
+        self, resolved: ResolvedWorkflow, dataset_ref: dict[str, Any], limit: int | None = None,
+        locate: Locator | None = None,
+    ) -> int:
+        """Load the dataset, render the template on every sample and let each scorer look at it.
 
-        `chared workflows validate` and `chared run` both call this, so a workflow whose
-        samples cannot be read or rendered is refused by both, before a model loads.
-        Returns the number of samples.
+        What `run` needs before any model: `chared workflows validate` and `chared run` both
+        call this (flow/preflight.py), so a workflow whose samples cannot be read, rendered or
+        scored is refused by both, before a model loads. `locate` (from `load`) puts the line
+        of the offending key in the message. Returns the number of samples.
         """
+        where = lambda *key: f"{resolved.path}:{locate(key)}" if locate else str(resolved.path)  # noqa: E731
         try:
             samples = load_dataset(dataset_ref)
         except CharedError as exc:
-            raise WorkflowError(f"{resolved.path}: dataset {dataset_ref.get('kind')!r}: {exc}") from None
+            raise WorkflowError(f"{where('dataset')}: dataset {dataset_ref.get('kind')!r}: {exc}") from None
         samples = samples[:limit] if limit is not None else samples
         if not samples:
-            raise WorkflowError(f"{resolved.path}: the dataset has no samples; check its options")
+            raise WorkflowError(f"{where('dataset')}: the dataset has no samples; check its options")
+        seen: set[str] = set()
         for sample in samples:
+            if sample.id in seen:  # resuming and paired comparisons match records by sample id
+                raise WorkflowError(
+                    f"{where('dataset')}: sample id {sample.id!r} appears twice; give every sample its own id"
+                )
+            seen.add(sample.id)
             missing = resolved.template.missing_variables(sample.inputs)
             if missing:
                 raise WorkflowError(
-                    f"{resolved.path}: sample {sample.id!r} has no {', '.join(repr(m) for m in missing)} for "
+                    f"{where('dataset')}: sample {sample.id!r} has no {', '.join(repr(m) for m in missing)} for "
                     f"template {resolved.template.ref}; its inputs are {', '.join(sorted(sample.inputs)) or 'none'}"
                 )
+        self._check_scorers_take(resolved, samples, where)
         return len(samples)
+
+    @staticmethod
+    def _check_scorers_take(resolved: ResolvedWorkflow, samples: list, where: Any) -> None:
+        """Each scorer's `check_sample` (if it has one) on every sample: the shape it needs."""
+        for i, scorer in enumerate(resolved.scorers):
+            check = getattr(scorer, "check_sample", None)
+            if check is None:
+                continue
+            for sample in samples:
+                try:
+                    check(sample)
+                except CharedError as exc:
+                    raise WorkflowError(f"{where('scorers', i)}: scorer {scorer.name!r}: {exc}") from None
 
     @staticmethod
     def _check_dataset_kind(ref: dict[str, Any], where: str) -> None:

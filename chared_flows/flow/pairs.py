@@ -93,14 +93,17 @@ class PairRunner:
         record.generation = generation_summary(info)
         decode_s = float(info.get("wall_time_s") or record.latency_s)
         record.chars_per_s = len(record.output) / decode_s if decode_s > 0 else 0.0
-        try:
-            for scorer in self.workflow.scorers:
-                scoring_started = time.perf_counter()
+        for scorer in self.workflow.scorers:
+            scoring_started = time.perf_counter()
+            try:
                 record.scores.update(self._score(scorer, llm, variant, sample, record))
-                if getattr(scorer, "needs_model", False):
-                    _time_scoring(record, len(scorer.text_of(sample)), time.perf_counter() - scoring_started)
-        except CharedError as exc:  # e.g. a text too long to score: keep the record, mark it
-            record.error = f"scorer: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a text too long to score, a scorer's bug on one output
+                # subtle: any exception, not only ours: one pair's scorer failure must not end the
+                # run and lose the pairs still in flight; the error row is retried on resume.
+                record.error = f"scorer {getattr(scorer, 'name', type(scorer).__name__)}: {type(exc).__name__}: {exc}"
+                break
+            if getattr(scorer, "needs_model", False):
+                _time_scoring(record, len(scorer.text_of(sample)), time.perf_counter() - scoring_started)
         return record
 
     def failed(self, variant: VariantSpec, sample: Sample, error: str) -> SampleRecord:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from chared_flows.decoding.config import DecodeConfig, DecodeFields, explain
+from chared_flows.prompts.yamlfile import KeyedValueError
 from chared_flows.records import VariantSpec
 
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
@@ -61,6 +62,11 @@ class VariantConfig(BaseModel):
     @model_validator(mode="after")
     def _weights_fit_models(self) -> "VariantConfig":
         n = len(self.models)
+        if self.decoding.weights is not None:
+            raise ValueError(
+                f"variant {self.name!r}: decoding.weights is not read; write the weights on the variant itself, "
+                f"weights: {list(self.decoding.weights)} (one per model)"
+            )
         if self.weights is not None and len(self.weights) != n:
             raise ValueError(
                 f"variant {self.name!r} has {len(self.weights)} weights for {n} models "
@@ -109,7 +115,7 @@ class VariantConfig(BaseModel):
         try:
             config = DecodeConfig(weights=weights, **decoding)
         except ValidationError as exc:
-            raise ValueError(f"variant {name!r}: {explain(exc)}") from None
+            raise KeyedValueError(f"variant {name!r}: {explain(exc)}", self._origin(exc)) from None
         call = {k: v for k, v in config.model_dump().items() if k not in ("weights", "mode", "rule")}
         call["stop"] = list(call["stop"])
         if chat is not None:
@@ -122,6 +128,15 @@ class VariantConfig(BaseModel):
             rule=config.rule,
             decoding=call,
         )
+
+
+    def _origin(self, exc: ValidationError) -> tuple[str, ...]:
+        """Where the first bad value was written: () for this variant, ("decoding", field) for a workflow default."""
+        loc = exc.errors()[0]["loc"] if exc.errors() else ()
+        field = str(loc[0]) if loc else ""
+        mine = set(_set_values(self.decoding)) | {"weights"}
+        mine |= {name for name in ("mode", "rule") if getattr(self, name) is not None}
+        return () if not field or field in mine else ("decoding", field)
 
 
 def _label(point: float | list[float]) -> str:
@@ -162,13 +177,34 @@ class WorkflowSpec(BaseModel):
             raise ValueError("dataset needs a 'kind' key, e.g. {kind: gsm_symbolic, n: 50}")
         return ref
 
+    @field_validator("decoding")
+    @classmethod
+    def _no_workflow_weights(cls, decoding: BaseModel) -> BaseModel:
+        # subtle: weights are per model, and variants have different models (1, 2, 3 ...), so a
+        # workflow-wide list cannot apply to all of them; it used to be dropped without a word.
+        if decoding.weights is not None:
+            raise KeyedValueError(
+                f"weights belong to a variant, not to the workflow's decoding defaults: remove "
+                f"decoding.weights {list(decoding.weights)} and write weights: [...] (one per model) "
+                "or weights_sweep on each ensemble variant",
+                ("decoding", "weights"),
+            )
+        return decoding
+
     @model_validator(mode="after")
     def _variant_names_unique(self) -> "WorkflowSpec":
         seen: set[str] = set()
-        for variant in self.expanded_variants():
-            if variant.name in seen:
-                raise ValueError(f"two variants are named {variant.name!r}; variant names must be unique")
-            seen.add(variant.name)
+        for i, config in enumerate(self.variants):
+            try:
+                variants = config.expand(self.decoding)
+            except KeyedValueError as exc:  # a bad workflow default points at its own line
+                raise KeyedValueError(str(exc), exc.loc or ("variants", i)) from None
+            for variant in variants:
+                if variant.name in seen:
+                    raise KeyedValueError(
+                        f"two variants are named {variant.name!r}; variant names must be unique", ("variants", i)
+                    )
+                seen.add(variant.name)
         return self
 
     def expanded_variants(self) -> list[VariantSpec]:

@@ -55,15 +55,33 @@ def _line_of(node: Any, key_path: tuple[Any, ...]) -> int | None:
     return line
 
 
+class KeyedValueError(ValueError):
+    """A ValueError raised inside a validator that knows which key of the file it is about.
+
+    subtle: pydantic locates an error by the field whose validator raised it, so a model
+    validator that checks `variants` reports it at the top level (line 1 of the file);
+    raised as this error, it carries `loc` (e.g. ("variants", 2)) and the message points
+    at that key's own line.
+    """
+
+    def __init__(self, message: str, loc: tuple[Any, ...]):
+        super().__init__(message)
+        self.loc = tuple(loc)
+
+
 def describe_validation_error(path: Path, locate: Locator, exc: ValidationError) -> str:
     """One line per problem: `file:line: dotted.key: message`."""
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyedValueError):
+            loc = cause.loc
         line = locate(loc)
         where = f"{path}:{line}" if line else str(path)
         dotted = ".".join(str(part) for part in loc) or "(top level)"
-        message = err["msg"]
+        # pydantic prefixes the text of a ValueError raised in a validator; the user wrote neither
+        message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (remove it or check its spelling)"
         lines.append(f"{where}: {dotted}: {message}")

@@ -181,6 +181,12 @@ class Outbox:
             row = db.execute("SELECT answer FROM items WHERE key = ? AND status = 'done'", (key,)).fetchone()
         return row[0] if row else ""
 
+    def errors(self) -> dict[str, str]:
+        """key -> the last error of every item that has one (a run's closing line quotes it)."""
+        with self._db() as db:
+            rows = db.execute("SELECT key, last_error FROM items WHERE last_error != ''").fetchall()
+        return dict(rows)
+
     def keys(self, status: str = "pending") -> list[str]:
         with self._db() as db:
             rows = db.execute(

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chared_flows.errors import ConfigError, MissingExtraError
+from chared_flows.errors import ConfigError, MissingExtraError, TrackingError
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec
 from chared_flows.tracking.outbox import Item, Outbox, default_outbox_path
 
@@ -57,6 +57,11 @@ def _api_key(api_key: str | None) -> str:
             "or remove 'promptlayer' from the workflow's trackers"
         )
     return key
+
+
+def require_api_key() -> None:
+    """Raise the missing-key ConfigError now (checked before a run starts)."""
+    _api_key(None)
 
 
 def _sdk(api_key: str, base_url: str | None):
@@ -359,6 +364,12 @@ def sync_outbox(
     return result
 
 
+def waiting_items(root: Path | None = None, outbox_path: Path | None = None) -> int:
+    """Items pending in the outbox, without creating it (0 for a user who never used PromptLayer)."""
+    path = outbox_path or default_outbox_path(root)
+    return Outbox(path).counts()["pending"] if path.is_file() else 0
+
+
 class PromptLayerTracker:
     """Logs every generation to PromptLayer without ever blocking the caller on the network."""
 
@@ -386,6 +397,7 @@ class PromptLayerTracker:
         self.max_consecutive_failures = max_consecutive_failures
         self.sync_on_start = sync_on_start
         self._specs: dict[str, VariantSpec] = {}
+        self._keys: set[str] = set()  # this run's items; their followups are `<key>#...`
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._gave_up = threading.Event()
@@ -397,6 +409,7 @@ class PromptLayerTracker:
             key = template_key(name, version, text)
             self.outbox.put(key, "template", template_item(name, version, text))
             self._templates[(name, version)] = key
+            self._keys.add(key)
         self._gave_up.clear()
         self._start_worker()
         for key in self._templates.values():
@@ -411,11 +424,34 @@ class PromptLayerTracker:
         template = getattr(self, "_templates", {}).get((record.template, record.template_version))
         # put() replaces an earlier version of this pair (an error row, now retried)
         self.outbox.put(key, "log", log_item(record, self._specs.get(record.variant), key, template))
+        self._keys.update((key, group_key(record)))
         self._start_worker()
         self._queue.put(key)
 
     def on_run_end(self, run: RunRecord, summary: dict | None = None, artifacts: list | None = None) -> None:
+        """Flush; if items of this run were not delivered, raise (the CLI exits 3, as for MLflow).
+
+        subtle: nothing is lost either way (the items stay in the outbox), but a run that
+        ends "ok" while PromptLayer misses part of it would let a user trust an incomplete
+        PromptLayer view; `chared sync` sends the rest.
+        """
         self.flush(self.flush_timeout_s)
+        pending, dead = self._undelivered("pending"), self._undelivered("dead")
+        if dead:
+            errors = self.outbox.errors()
+            raise TrackingError(
+                f"PromptLayer refused {len(dead)} item(s) of run {run.run_id} for good "
+                f"({errors.get(dead[0], 'no error text')[:200]}); fix the cause (e.g. the API key); "
+                f"they are kept in {self.outbox.path}"
+            )
+        if pending:
+            raise TrackingError(
+                f"{len(pending)} PromptLayer item(s) of run {run.run_id} were not delivered (server unreachable or "
+                f"slow); they wait in {self.outbox.path}"
+            )
+
+    def _undelivered(self, status: str) -> list[str]:
+        return [k for k in self.outbox.keys(status) if k.split("#", 1)[0] in self._keys]
 
     def on_run_abort(self, run: RunRecord, status: str = "KILLED") -> None:
         """Interrupted: give the sender a short while; what is left stays in the outbox."""

@@ -11,8 +11,10 @@ import pytest
 import chared_flows.integrations.langchain as lc
 from chared_flows import cli
 from chared_flows.decoding import Member
+from chared_flows.errors import DecodingError
 from chared_flows.evaluation import base as evaluation
 from tests.fixtures.tiny import scripted_member
+from tests.support.scripted_cli import accept_scripted_specs
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPTS = {"five": "The answer is 5.\nQuestion: more", "two": "The answer is 2.\nQuestion: more"}
@@ -44,6 +46,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     load = lambda spec, chat=False, **_: scripted_member(SCRIPTS[spec], name=spec)  # noqa: E731
     monkeypatch.setattr(lc, "_load_member", load)
     monkeypatch.setattr(Member, "load", staticmethod(load))
+    accept_scripted_specs(SCRIPTS, monkeypatch)
     return tmp_path
 
 
@@ -206,11 +209,16 @@ def test_sync_sends_what_a_run_left_in_the_outbox(project, capsys, monkeypatch) 
 
     monkeypatch.setenv("PROMPTLAYER_API_KEY", "pl-test-key")
     monkeypatch.setenv("PROMPTLAYER_BASE_URL", closed_port_url())
-    code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer")
-    assert code == 0, err  # PromptLayer down: the run is not affected
+    code, out, err = run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer")
+    # PromptLayer down: every record is on disk, and the run says in one line that PromptLayer misses them
+    assert code == 3 and json.loads(out)["five"]["n_samples"] == 2, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: tracker promptlayer: 7 PromptLayer item(s) of run p1 were not delivered")
+    assert line.endswith("complete promptlayer later with `chared sync`") and "Traceback" not in err
+    assert "warning" not in err.lower() and "not sent" not in err  # the tracker's own chatter stays quiet
     code, out, err = run_cli(capsys, "sync", "--timeout", "2")
     # 4 generations, the template and one group per sample wait in the outbox
-    assert code == 1 and "pending 7" in out and "still pending" in err
+    assert code == 3 and "pending 7" in out and "still pending" in err
     with FakePromptLayer(api_key="pl-test-key") as server:
         monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
         code, out, err = run_cli(capsys, "sync")
@@ -218,7 +226,8 @@ def test_sync_sends_what_a_run_left_in_the_outbox(project, capsys, monkeypatch) 
         # the template, the 2 groups, 4 logs, then their 4 scores and 4 group links
         assert out.startswith("sent 15,") and "pending 0" in out
         code, out, _ = run_cli(capsys, "sync")
-        assert code == 0 and out.startswith("sent 0,")
+        assert code == 0 and out == "nothing to sync\n"
+        assert not (project / "runs" / "p1" / "sync-pending.json").exists()
         keys = sorted(body["metadata"]["chared_idempotency_key"] for body in server.accepted_logs())
     assert keys == sorted(f"p1:{v}:{s}" for v in ("five", "mix-w0.5") for s in ("a", "b"))
 
@@ -228,7 +237,7 @@ def test_a_run_with_promptlayer_first_sends_what_earlier_runs_left(project, caps
 
     monkeypatch.setenv("PROMPTLAYER_API_KEY", "pl-test-key")
     monkeypatch.setenv("PROMPTLAYER_BASE_URL", closed_port_url())
-    assert run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer", "--limit", "1")[0] == 0
+    assert run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer", "--limit", "1")[0] == 3
     with FakePromptLayer(api_key="pl-test-key") as server:
         monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
         code, _, err = run_cli(capsys, "run", "tiny", "--run-id", "p2", "--tracker", "promptlayer", "--limit", "1")
@@ -237,10 +246,54 @@ def test_a_run_with_promptlayer_first_sends_what_earlier_runs_left(project, caps
     assert runs == ["p1", "p1", "p2", "p2"]
 
 
-def test_sync_without_an_api_key_is_a_user_error(project, capsys, monkeypatch) -> None:
+def test_sync_with_nothing_pending_needs_no_api_key(project, capsys, monkeypatch) -> None:
     monkeypatch.delenv("PROMPTLAYER_API_KEY", raising=False)
-    code, _, err = run_cli(capsys, "sync")
-    assert code == 2 and err.startswith("error: PROMPTLAYER_API_KEY is not set")
+    code, out, err = run_cli(capsys, "sync")
+    assert (code, out, err) == (0, "nothing to sync\n", "")
+    assert not (project / ".chared").exists()  # no outbox made for a user who never used PromptLayer
+
+
+def test_sync_of_promptlayer_items_without_an_api_key_is_one_line(project, capsys, monkeypatch) -> None:
+    from tests.support.promptlayer_server import closed_port_url
+
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", "pl-test-key")
+    monkeypatch.setenv("PROMPTLAYER_BASE_URL", closed_port_url())
+    assert run_cli(capsys, "run", "tiny", "--run-id", "p1", "--tracker", "promptlayer", "--limit", "1")[0] == 3
+    monkeypatch.delenv("PROMPTLAYER_API_KEY")
+    code, out, err = run_cli(capsys, "sync")
+    assert code == 2 and out == ""
+    assert err == ("error: 4 PromptLayer item(s) wait in the outbox but PROMPTLAYER_API_KEY is not set; "
+                   "export it and run `chared sync` again\n")
+
+
+def test_a_retried_pair_names_its_first_promptlayer_request(project, capsys, monkeypatch) -> None:
+    """A pair that errored, then succeeded on resume: the second request's metadata names the first."""
+    from tests.fixtures import tiny
+    from tests.support.promptlayer_server import FakePromptLayer
+
+    original, failing = tiny.ScriptedRunner.next_logits, {"on": True}
+
+    def next_logits(self, ids):
+        if failing["on"] and self.script.startswith(SCRIPTS["two"].encode()[:15]):  # member "two"
+            raise DecodingError("scripted failure")
+        return original(self, ids)
+
+    monkeypatch.setattr(tiny.ScriptedRunner, "next_logits", next_logits)
+    monkeypatch.setenv("PROMPTLAYER_API_KEY", "pl-test-key")
+    with FakePromptLayer(api_key="pl-test-key") as server:
+        monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
+        args = ("run", "tiny", "--run-id", "p1", "--tracker", "promptlayer", "--limit", "1")
+        code, _, err = run_cli(capsys, *args)
+        assert code == 0 and "mix-w0.5 a: DecodingError: scripted failure" in err, err
+        failing["on"] = False
+        code, _, err = run_cli(capsys, *args)  # the resume retries the error row
+        assert code == 0 and "1 new records" in err, err
+        logs = {i: body for i, body in server.requests.items() if body["model"] == "mix-w0.5"}
+    (first_id, first), (_, second) = sorted(logs.items())
+    assert (first["status"], second["status"]) == ("ERROR", "SUCCESS")
+    assert second["metadata"]["chared_idempotency_key"] == first["metadata"]["chared_idempotency_key"] == "p1:mix-w0.5:a"
+    assert second["metadata"]["chared_version"] == "2"
+    assert second["metadata"]["chared_supersedes"] == str(first_id)
 
 
 def test_run_with_promptlayer_links_the_template_the_prompt_and_the_call_window(project, capsys, monkeypatch) -> None:

@@ -1,10 +1,9 @@
-"""Decoding options on the command line, and `validate` rejecting exactly what `run` would."""
+"""Decoding options on the command line: one flag per engine field, bad values one line before any model loads."""
 
 from __future__ import annotations
 
 import io
 import logging
-from pathlib import Path
 
 import pytest
 
@@ -81,61 +80,6 @@ def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"chared {chared_flows.__version__}"
-
-
-# --- validate <=> run ----------------------------------------------------------------
-
-GOOD = (
-    "name: tiny\nversion: 1\ntemplate: math_answer@1\n"
-    "dataset: {kind: inline, samples: [{id: a, inputs: {question: q1}, reference: 5}]}\n"
-    "parser: number\nscorers: [exact]\ndecoding: {max_new_chars: 40}\n"
-    "variants:\n  - {name: five, models: [five]}\n  - {name: mix, models: [five, two], weights_sweep: [0.5]}\n"
-)
-BAD = {
-    "mode typo": GOOD.replace("{name: five, models: [five]}", "{name: five, models: [five], mode: exaact}"),
-    "rule typo": GOOD.replace("{name: five, models: [five]}", "{name: five, models: [five], rule: max}"),
-    "NaN sweep point": GOOD.replace("weights_sweep: [0.5]", "weights_sweep: [[.nan, 1.0]]"),
-    "negative sweep point": GOOD.replace("weights_sweep: [0.5]", "weights_sweep: [[-1.0, 2.0]]"),
-    "zero sweep point": GOOD.replace("weights_sweep: [0.5]", "weights_sweep: [[0, 0]]"),
-    "negative weight": GOOD.replace("weights_sweep: [0.5]", "weights: [-1, 2]"),
-    "weight count": GOOD.replace("weights_sweep: [0.5]", "weights: [1, 2, 3]"),
-    "temperature": GOOD.replace("max_new_chars: 40", "max_new_chars: 40, temperature: -1"),
-    "top_p": GOOD.replace("max_new_chars: 40", "max_new_chars: 40, top_p: 0"),
-    "beam width": GOOD.replace("max_new_chars: 40", "max_new_chars: 40, beam_width: 0"),
-    "prune threshold": GOOD.replace("max_new_chars: 40", "max_new_chars: 40, prune_threshold: 1"),
-    "healing not a bool": GOOD.replace("max_new_chars: 40", "max_new_chars: 40, token_healing: maybe"),
-    "length bound": GOOD.replace("max_new_chars: 40", "max_new_chars: 100000000"),
-    "unknown knob": GOOD.replace("max_new_chars: 40", "max_new_chars: 40, beam: 4"),
-    "empty stop": GOOD.replace("max_new_chars: 40", "max_new_chars: 40, stop: ['']"),
-    "unknown dataset kind": GOOD.replace("kind: inline", "kind: gsm9k"),
-    "missing dataset file": GOOD.replace(
-        "{kind: inline, samples: [{id: a, inputs: {question: q1}, reference: 5}]}",
-        "{kind: gsm8k_jsonl, path: /nonexistent/test.jsonl}"),
-    "sample without the template's variable": GOOD.replace("inputs: {question: q1}", "inputs: {query: q1}"),
-    "empty dataset": GOOD.replace("samples: [{id: a, inputs: {question: q1}, reference: 5}]", "samples: []"),
-    "unknown parser": GOOD.replace("parser: number", "parser: roman"),
-    "unknown scorer": GOOD.replace("scorers: [exact]", "scorers: [bleu9]"),
-    "unknown template": GOOD.replace("math_answer@1", "math_answer@99"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_validate_rejects_exactly_what_run_rejects_before_any_model_loads(no_model_loads, capsys, case) -> None:
-    Path("workflows/tiny.yaml").write_text(BAD[case])
-    code_validate, _, err_validate = run_cli(capsys, "workflows", "validate", "tiny")
-    code_run, _, err_run = run_cli(capsys, "run", "tiny", "--no-track", "--out", "runs")
-    assert code_validate == 2 and err_validate.startswith("error: "), (case, err_validate)
-    assert code_run == 2 and err_run.strip().splitlines()[-1].startswith("error: "), (case, err_run)
-    assert no_model_loads == []
-    assert not any(Path("runs").rglob("records.jsonl")), "run wrote records for a workflow it should refuse"
-
-
-def test_a_good_workflow_passes_validate_and_run_reaches_the_models(no_model_loads, capsys) -> None:
-    Path("workflows/tiny.yaml").write_text(GOOD)
-    code, out, err = run_cli(capsys, "workflows", "validate", "tiny")
-    assert code == 0 and "1 samples" in out, err
-    with pytest.raises(AssertionError, match="was loaded"):
-        cli.main(["run", "tiny", "--no-track", "--out", "runs"])
 
 
 def test_loading_a_model_logs_one_line_and_no_progress_bars(tmp_path, capfd, caplog) -> None:

@@ -10,6 +10,7 @@ import pytest
 from chared_flows import cli
 from tests.support.processes import make_project
 from tests.support.ray_cluster import free_port
+from tests.support.scripted_cli import DEFAULT_SCRIPTS, accept_scripted_specs
 
 
 @pytest.fixture
@@ -18,6 +19,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CHARED_TEMPLATES_DIR", raising=False)
     monkeypatch.delenv("CHARED_WORKFLOWS_DIR", raising=False)
+    accept_scripted_specs(DEFAULT_SCRIPTS, monkeypatch)
     return tmp_path
 
 

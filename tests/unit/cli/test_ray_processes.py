@@ -183,7 +183,7 @@ def test_an_actor_killed_mid_run_loses_nothing(project, drivers, cluster, restar
     assert news in err, err
     got = assert_complete(project, "r1")
     assert record_lines(project)[: len(before)] == before  # what was written stays as it was
-    assert {v["n"] for v in json.loads(out).values()} == {8.0}
+    assert {v["n_samples"] for v in json.loads(out).values()} == {8.0}
     assert len(got) == PAIRS
 
 

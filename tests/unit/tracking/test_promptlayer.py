@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chared_flows.errors import ConfigError
+from chared_flows.errors import ConfigError, TrackingError
 from chared_flows.tracking.outbox import Outbox, default_outbox_path
 from chared_flows.tracking.promptlayer import PromptLayerTracker, sync_outbox
 from tests.support.promptlayer_server import FakePromptLayer, closed_port_url
@@ -37,15 +37,24 @@ def server():
         yield fake
 
 
-def run_through(tracker, run, records) -> float:
-    """Feed a run; return the slowest on_record call in seconds."""
+def run_through(tracker, run, records, undelivered: str | None = None) -> float:
+    """Feed a run; return the slowest on_record call in seconds.
+
+    `undelivered`: the run's end must raise a TrackingError matching it (items of this run
+    were left in the outbox, so the CLI exits 3); None: it must not raise.
+    """
     tracker.on_run_start(run)
     slowest = 0.0
     for record in records:
         start = time.perf_counter()
         tracker.on_record(record)
         slowest = max(slowest, time.perf_counter() - start)
-    tracker.on_run_end(run, {}, [])
+    if undelivered is None:
+        tracker.on_run_end(run, {}, [])
+    else:
+        with pytest.raises(TrackingError, match=undelivered) as raised:
+            tracker.on_run_end(run, {}, [])
+        assert KEY not in str(raised.value)
     return slowest
 
 
@@ -81,7 +90,8 @@ def test_all_generations_and_scores_arrive(env, server, run_record, records):
 
 def test_server_down_keeps_everything_and_sync_sends_it_once(env, run_record, records):
     tracker = PromptLayerTracker(env, base_url=closed_port_url(), call_timeout_s=5, flush_timeout_s=10)
-    slowest = run_through(tracker, run_record, records)
+    waiting = len(records) + len({r.sample_id for r in records})  # a log per record, a group per sample
+    slowest = run_through(tracker, run_record, records, undelivered=rf"^{waiting} PromptLayer item\(s\) of run")
     assert slowest < 0.5, "on_record must not wait for the network"
     assert Outbox(default_outbox_path(env)).counts("log")["pending"] == len(records)
     with FakePromptLayer(api_key=KEY) as fake:
@@ -96,7 +106,7 @@ def test_500s_are_retried_later_not_lost(env, server, run_record, records, caplo
     server.set_mode("500")
     tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5)
     with caplog.at_level(logging.WARNING):
-        run_through(tracker, run_record, records)
+        run_through(tracker, run_record, records, undelivered="were not delivered")
     outbox = Outbox(default_outbox_path(env))
     assert outbox.counts("log")["pending"] == len(records)
     assert any("boom" in err for err in last_errors(outbox))
@@ -110,7 +120,7 @@ def test_hung_server_does_not_block_and_nothing_is_sent_twice(env, server, run_r
     server.set_mode("hung")
     tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=0.5, flush_timeout_s=3)
     start = time.perf_counter()
-    slowest = run_through(tracker, run_record, records)
+    slowest = run_through(tracker, run_record, records, undelivered="were not delivered")
     assert slowest < 0.5
     assert time.perf_counter() - start < 3 + 1.0, "run end must be bounded by flush_timeout_s"
     outbox = Outbox(default_outbox_path(env))
@@ -137,7 +147,7 @@ def expire_leases(outbox: Outbox) -> None:
 
 def test_next_run_start_sends_what_an_earlier_run_left(env, server, run_record, records):
     down = PromptLayerTracker(env, base_url=closed_port_url(), call_timeout_s=5)
-    run_through(down, run_record, records[:3])
+    run_through(down, run_record, records[:3], undelivered="were not delivered")
     up = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5)
     run_through(up, run_record, records[3:])
     assert_each_once(server, records)
@@ -146,7 +156,7 @@ def test_next_run_start_sends_what_an_earlier_run_left(env, server, run_record, 
 def test_wrong_key_is_dropped_not_retried_forever(env, server, run_record, records, monkeypatch):
     monkeypatch.setenv("PROMPTLAYER_API_KEY", "wrong-key")
     tracker = PromptLayerTracker(env, base_url=server.url, call_timeout_s=5, max_consecutive_failures=100)
-    run_through(tracker, run_record, records[:2])
+    run_through(tracker, run_record, records[:2], undelivered="refused .* for good")
     outbox = Outbox(default_outbox_path(env))
     assert outbox.counts("log")["dead"] == 2
     monkeypatch.setenv("PROMPTLAYER_API_KEY", KEY)  # even with the right key now, dead items stay dead
@@ -165,7 +175,8 @@ def test_missing_api_key_names_the_variable(env, monkeypatch):
 def test_api_key_is_never_written_anywhere(env, run_record, records, caplog):
     with caplog.at_level(logging.DEBUG):
         for url in (closed_port_url(),):
-            run_through(PromptLayerTracker(env, base_url=url, call_timeout_s=5), run_record, records)
+            run_through(PromptLayerTracker(env, base_url=url, call_timeout_s=5), run_record, records,
+                        undelivered="were not delivered")
         with FakePromptLayer(api_key=KEY) as fake:
             fake.set_mode("500")
             sync_outbox(env, base_url=fake.url)
@@ -174,7 +185,7 @@ def test_api_key_is_never_written_anywhere(env, run_record, records, caplog):
         from chared_flows.reports import write_report
         from chared_flows.tracking.mlflow import MlflowTracker
 
-        report = write_report(records, run_record, compare(records, run_record.variants, resamples=50).to_dict(),
+        report = write_report(records, run_record, compare(records, run_record.variants).to_dict(),
                               env / "report")
         run_through_mlflow = MlflowTracker(f"sqlite:///{env}/.chared/mlflow.db")
         run_through_mlflow.on_run_start(run_record)
@@ -235,8 +246,8 @@ def test_a_retried_pair_keeps_one_final_version(env, run_record, records):
     errored = dataclasses.replace(records[0], error="ModelLoadError: out of memory", output="", scores={})
     # PromptLayer down while the pair errors, then the retry succeeds: only the success is ever sent
     down = PromptLayerTracker(env, base_url=closed_port_url(), call_timeout_s=5, flush_timeout_s=10)
-    run_through(down, run_record, [errored])
-    run_through(down, run_record, [records[0]])
+    run_through(down, run_record, [errored], undelivered="were not delivered")
+    run_through(down, run_record, [records[0]], undelivered="were not delivered")
     outbox = Outbox(default_outbox_path(env))
     assert outbox.counts("log") == {"pending": 1, "done": 0, "dead": 0}
     with FakePromptLayer(api_key=KEY) as fake:
