@@ -276,7 +276,7 @@ def pair_executor(args: argparse.Namespace):
     return functools.partial(RayPairs, **options)
 
 
-def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=None):
+def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=None, timed_samples: int = 0):
     """The WorkflowRunner for `run` and `ab`, with its trackers; returns (runner, fanout)."""
     from chared_flows.flow.runner import WorkflowRunner
 
@@ -292,6 +292,7 @@ def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=
         resolved, out_dir=args.out, run_id=args.run_id, limit=args.limit, sinks=[fanout],
         progress=not args.no_progress, dataset_overrides=overrides,
         interleave=interleave, finisher=finisher, batch_size=args.batch_size, executor=executor,
+        timed_samples=timed_samples,
     )
     threads = set_threads(args.threads)
     where = f"torch threads: {threads}" if not args.ray else \
@@ -386,6 +387,10 @@ def add_ab(sub: argparse._SubParsersAction) -> None:
     )
     add_run_options(p)
     p.add_argument("--report-dir", help="where the report goes (default: <out>/<run-id>/report)")
+    p.add_argument("--timed-samples", type=int, default=4, metavar="N",
+                   help="the first N samples of every variant decode alone (batch 1), one variant after "
+                        "another; latency and chars/s are compared on them (default 4; 0: timings from the "
+                        "batches, which never mix variants)")
     p.add_argument("--effect", action="append", default=[], metavar="METRIC=VALUE",
                    help="the difference worth detecting on METRIC, for the report's samples-needed column "
                         "(repeatable; default: 0.05 for 0/1 metrics, else 5%% of the best single model's mean)")
@@ -421,7 +426,10 @@ def cmd_ab(args: argparse.Namespace) -> int:
         made["files"], made["ab"] = write_report(records, run, ab, out_dir), ab
         return made["files"], summary_entries(ab)
 
-    runner, fanout = make_runner(args, interleave=True, finisher=finisher)
+    if args.timed_samples < 0:
+        raise ConfigError(f"--timed-samples {args.timed_samples} must be at least 0 (0: timings from the batches)")
+    runner, fanout = make_runner(args, interleave=True, finisher=finisher,
+                                 timed_samples=0 if args.ray else args.timed_samples)
     started = time.perf_counter()
     new, code = drain_and_report(runner, fanout)
     files = made.get("files", [])

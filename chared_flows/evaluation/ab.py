@@ -104,10 +104,16 @@ class ABResult:
 
 
 def _values(records: Iterable[SampleRecord], metric: str) -> dict[str, dict[str, float]]:
-    """variant -> sample_id -> value; records with an error or without the metric are left out."""
+    """variant -> sample_id -> value; records with an error or without the metric are left out.
+
+    Timings come from the pairs that decoded alone (batch size 1, the timed sub-sample of
+    `chared ab`) wherever a variant has any: latency ratios change with the batch size.
+    """
+    records = [r for r in records if not r.error]
+    alone = {r.variant for r in records if r.batch_size == 1}
     table: dict[str, dict[str, float]] = {}
     for r in records:
-        if r.error:
+        if metric in TIMING and r.variant in alone and r.batch_size != 1:
             continue
         value = r.scores.get(metric) if metric not in TIMING else getattr(r, metric)
         if value is None or not math.isfinite(float(value)):

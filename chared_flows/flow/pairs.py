@@ -47,6 +47,8 @@ class PairRunner:
         self.llm_factory = llm_factory
         self._llms: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # (variant, sample id) of the pairs that must decode alone: the timed sub-sample
+        self.alone: frozenset[tuple[str, str]] = frozenset()
 
     def __getstate__(self) -> dict[str, Any]:
         # subtle: shipped to a Ray actor before any model loads; the loaded LLMs and the
@@ -135,8 +137,9 @@ class PairRunner:
         )
 
 
-def variant_batches(todo: list[Pair], batch_size: int) -> list[list[Pair]]:
-    """`todo` cut into batches of at most `batch_size` consecutive pairs of one variant.
+def variant_batches(todo: list[Pair], batch_size: int, alone: frozenset[tuple[str, str]] = frozenset()) -> list[list[Pair]]:
+    """`todo` cut into batches of at most `batch_size` consecutive pairs of one variant;
+    a pair named in `alone` (variant, sample id) is a batch of its own (a timed pair).
 
     subtle: pairs of different variants must never decode side by side when their timings
     are reported: a SmolLM2 pair batched with ensemble pairs waits on the ensemble's
@@ -146,7 +149,8 @@ def variant_batches(todo: list[Pair], batch_size: int) -> list[list[Pair]]:
     batches: list[list[Pair]] = []
     for pair in todo:
         last = batches[-1] if batches else None
-        if last and last[0][0].name == pair[0].name and len(last) < batch_size:
+        timed = (pair[0].name, pair[1].id) in alone or (last and (last[0][0].name, last[0][1].id) in alone)
+        if last and not timed and last[0][0].name == pair[0].name and len(last) < batch_size:
             last.append(pair)
         else:
             batches.append([pair])
@@ -171,7 +175,7 @@ class LocalPairs:
         return {v.name: self.runner.families(v) for v in variants}
 
     def results(self, todo: list[Pair]) -> Generator[tuple[Pair, SampleRecord], None, None]:
-        batches = variant_batches(todo, self.batch_size)
+        batches = variant_batches(todo, self.batch_size, self.runner.alone)
         if self.batch_size == 1:
             for (pair,) in batches:
                 yield pair, _in_batch(self.runner.run(*pair), 1)

@@ -80,6 +80,7 @@ class WorkflowRunner:
         progress: bool = True,
         dataset_overrides: dict[str, Any] | None = None,
         interleave: bool = False,
+        timed_samples: int = 0,
         finisher: Finisher | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         executor: ExecutorFactory = LocalPairs,
@@ -102,6 +103,9 @@ class WorkflowRunner:
         self.progress = progress
         self.dataset_overrides = dict(dataset_overrides or {})
         self.interleave = interleave
+        if not isinstance(timed_samples, int) or isinstance(timed_samples, bool) or timed_samples < 0:
+            raise WorkflowError(f"timed samples {timed_samples!r} must be an integer >= 0 (0: none)")
+        self.timed_samples = timed_samples
         self.finisher = finisher
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise WorkflowError(f"batch size {batch_size!r} must be an integer >= 1 (1 runs one pair at a time)")
@@ -188,7 +192,9 @@ class WorkflowRunner:
         finished = [r for r in self.results.read() if r.error is None]
         done = {(r.sample_id, r.variant) for r in finished}
         todo = self._todo(samples, done)
-        executor = self.executor(PairRunner(self.workflow, self._identity(), self.llm_factory), self.batch_size)
+        pair_runner = PairRunner(self.workflow, self._identity(), self.llm_factory)
+        pair_runner.alone = frozenset((v.name, s.id) for s in self._timed(samples) for v in self.workflow.variants)
+        executor = self.executor(pair_runner, self.batch_size)
         try:
             # Members load here, before on_run_start, so the run record names each member's
             # tokenizer family and a bad model spec fails before anything is logged.
@@ -216,8 +222,20 @@ class WorkflowRunner:
         variants = self.workflow.variants
         if not self.interleave:
             return [(v, s) for v in variants for s in samples if (s.id, v.name) not in done]
-        chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        timed = self._timed(samples)
+        rest = samples[len(timed):]
+        chunks = [[s] for s in timed] + [rest[i:i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
         return [(v, s) for chunk in chunks for v in variants for s in chunk if (s.id, v.name) not in done]
+
+    def _timed(self, samples: list[Sample]) -> list[Sample]:
+        """The timed sub-sample: its pairs decode alone (batch 1), one variant after another.
+
+        subtle: latency ratios between variants depend on the batch size even when a batch
+        holds one variant (SmolLM2 gains more from batching than Gemma-3: CharED/SmolLM2 was
+        2.70x at batch 1 and 3.54x at batch 8), so an A/B compares timings at one batch size,
+        1, the latency one request sees; the other pairs still decode in batches.
+        """
+        return samples[: self.timed_samples] if self.interleave else []
 
     def _run_pairs(self, run, samples, finished, todo, executor: PairExecutor) -> Iterator[SampleRecord]:
         # subtle: a resumed run is a new run for the sinks, so they are given the records

@@ -97,8 +97,8 @@ def _batch_note(ab: dict[str, Any]) -> str:
     if not sizes:
         return "Timings: batch size not recorded."
     shown = ", ".join(f"{v}: {'/'.join(map(str, b))}" for v, b in sizes.items())
-    return ("Timings were taken with a variant's own pairs only side by side (batches never mix variants); "
-            f"pairs per batch: {shown}.")
+    return ("Batches never mix variants; pairs per batch: "
+            f"{shown}. Timings are compared on the pairs that decoded alone (batch 1) where a variant has any.")
 
 
 def tables(ab: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:

@@ -157,13 +157,21 @@ def test_ab_runs_every_variant_and_writes_the_report(project, capsys) -> None:
     assert {(v["variant"], v["mean"]) for v in ab["variants"] if v["metric"] == "exact"} == {("five", 0.5), ("mix-w0.5", 0.5)}
     records = [json.loads(line) for line in (project / "runs" / "ab1" / "records.jsonl").read_text().splitlines()]
     # interleaved a batch of samples at a time (here both): a batch holds one variant's pairs
-    assert [(r["variant"], r["sample_id"]) for r in records] == [("five", "a"), ("five", "b"),
-                                                                 ("mix-w0.5", "a"), ("mix-w0.5", "b")]
-    assert {r["batch_size"] for r in records} == {2}
+    # the timed sub-sample (default 4: here both samples) decodes alone, one variant after another
+    assert [(r["variant"], r["sample_id"]) for r in records] == [("five", "a"), ("mix-w0.5", "a"),
+                                                                 ("five", "b"), ("mix-w0.5", "b")]
+    assert {r["batch_size"] for r in records} == {1}
     # resuming a finished run does no decoding and rewrites the report
     (report / "report.md").unlink()
     code, out, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab1", "--out", "runs", "--no-track")
     assert code == 0 and "0 new records" in err and (report / "report.md").is_file()
+    # without a timed sub-sample, a batch of samples at a time, each batch one variant's
+    code, out, err = run_cli(capsys, "ab", "tiny", "--run-id", "ab3", "--out", "runs", "--no-track",
+                             "--timed-samples", "0")
+    records = [json.loads(line) for line in (project / "runs" / "ab3" / "records.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["sample_id"]) for r in records] == [("five", "a"), ("five", "b"),
+                                                                 ("mix-w0.5", "a"), ("mix-w0.5", "b")]
+    assert {r["batch_size"] for r in records} == {2}
 
 
 def test_ab_user_errors_are_one_line_exit_2(project, capsys) -> None:
@@ -174,6 +182,7 @@ def test_ab_user_errors_are_one_line_exit_2(project, capsys) -> None:
         (["ab", "tiny", "--no-track", "--tracker", "mlflow"], "contradict"),
         (["ab", "tiny", "--effect", "exact=abc"], "--effect 'exact=abc' must be METRIC=VALUE"),
         (["ab", "tiny", "--effect", "exact=-1"], "--effect 'exact=-1' must be METRIC=VALUE"),
+        (["ab", "tiny", "--timed-samples", "-1"], "--timed-samples -1 must be at least 0"),
     ]:
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
