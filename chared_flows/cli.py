@@ -25,6 +25,7 @@ from chared_flows.errors import CharedError, ConfigError
 
 EXIT_USER_ERROR = 2
 EXIT_TRACKING = 3
+EXIT_VARIANT_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -332,6 +333,22 @@ def report_tracker_failures(fanout, runner) -> int:
     return EXIT_TRACKING
 
 
+def report_failed_variants(runner, code: int) -> int:
+    """One line per variant none of whose pairs succeeded: its results would be an empty column, not a result."""
+    by_variant: dict[str, list] = {}
+    for record in runner.results.read():
+        by_variant.setdefault(record.variant, []).append(record)
+    failed = {name: rows for name, rows in by_variant.items() if rows and all(r.error for r in rows)}
+    for name, rows in failed.items():
+        first = " ".join(str(rows[0].error).split())[:200]
+        print(
+            f"error: variant {name}: all {len(rows)} pairs failed (first: {first}); fix the cause and rerun "
+            f"`--run-id {runner.run_id}` to retry them",
+            file=sys.stderr,
+        )
+    return EXIT_VARIANT_FAILED if failed else code
+
+
 def drain_and_report(runner, fanout) -> tuple[int, int]:
     """drain(), then the trackers' failures, even when the run was interrupted: (new records, exit code).
 
@@ -362,7 +379,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     new, code = drain_and_report(runner, fanout)
     print(f"{new} new records", file=sys.stderr)
     print(json.dumps(summarize(runner.results.read()), indent=2))
-    return code
+    return report_failed_variants(runner, code)
 
 
 # --- ab ---------------------------------------------------------------------------
@@ -402,7 +419,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     if files:
         print(f"report: {files[0].resolve()}")
         print(f"        {files[1].resolve()}")
-    return code
+    return report_failed_variants(runner, code)
 
 
 # --- sync -------------------------------------------------------------------------

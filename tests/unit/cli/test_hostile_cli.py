@@ -1,0 +1,52 @@
+"""The CLI on hostile input: every failure is one line and a non-zero exit, never a silent success."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import chared_flows.integrations.langchain as lc
+from chared_flows.decoding import Member, MemberAssets
+from chared_flows.errors import BackendError
+from tests.fixtures.tiny import ScriptedRunner, scripted_member, tokenizer_for
+from tests.unit.cli.test_cli import SCRIPTS, project, run_cli  # noqa: F401 - project is a fixture
+
+DOWN = "served member at http://127.0.0.1:1 failed 4 tries in 3.0 s (Connection refused)"
+
+
+class DownRunner(ScriptedRunner):
+    def next_logits(self, token_ids) -> torch.Tensor:
+        raise BackendError(DOWN)
+
+
+def down_member(name: str = "down") -> Member:
+    tok = tokenizer_for("byte_level")
+    holder: dict = {}
+    factory = lambda: DownRunner(holder["assets"].vocab, b"", tok.eos_token_id, len(tok))  # noqa: E731
+    holder["assets"] = MemberAssets.build(name, tok, factory, num_rows=len(tok), context_window=4096, source="down")
+    return Member(holder["assets"])
+
+
+@pytest.fixture
+def with_down_member(project, monkeypatch):
+    load = lambda spec, chat=False, **_: down_member() if spec == "down" else scripted_member(SCRIPTS[spec], name=spec)  # noqa: E731
+    monkeypatch.setattr(lc, "_load_member", load)
+    monkeypatch.setattr(Member, "load", staticmethod(load))
+    text = (project / "workflows" / "tiny.yaml").read_text()
+    (project / "workflows" / "tiny.yaml").write_text(
+        text.replace("  - {name: mix, models: [five, two], weights_sweep: [0.5]}\n", "  - {name: gone, models: [down]}\n"))
+    return project
+
+
+@pytest.mark.parametrize("command", ["run", "ab"])
+def test_a_variant_whose_every_pair_failed_exits_non_zero_with_one_line(with_down_member, capsys, command):
+    code, out, err = run_cli(capsys, command, "tiny", "--run-id", "r", "--no-track", "--resamples", "100"
+                             ) if command == "ab" else run_cli(capsys, command, "tiny", "--run-id", "r", "--no-track")
+    assert code == 4, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: variant gone: all 2 pairs failed (first: BackendError: {DOWN}); "
+                     "fix the cause and rerun `--run-id r` to retry them"]
+    records = [json.loads(line) for line in (with_down_member / "runs" / "r" / "records.jsonl").read_text().splitlines()]
+    assert sorted(r["variant"] for r in records if r["error"] is None) == ["five", "five"]  # the others are kept
