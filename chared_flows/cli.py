@@ -71,12 +71,11 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise ConfigError(f"--weights {text!r} must be comma-separated numbers, like 0.5,0.5") from None
 
 
-def unescape(text: str) -> str:
-    r"""Let `--stop '\n'` mean a newline, as users type it in a shell."""
-    try:
-        return text.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
-    except (UnicodeError, ValueError):
-        return text
+def stop_text(arg: str) -> str:
+    r"""A --stop argument as text: argv bytes as UTF-8, then `\n` and the other escapes as characters."""
+    from chared_flows.decoding.text import argv_text, unescape
+
+    return unescape(argv_text(arg, "a --stop argument"), "a --stop argument")
 
 
 # --- decoding options, derived from the engine's DecodeFields ----------------------
@@ -113,8 +112,10 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
         elif kind == "literal":
             group.add_argument(flag, choices=choices, default=None, help=text)
         elif kind == "strings":
-            group.add_argument(flag, action="append", default=None, type=unescape, metavar="TEXT",
-                               help=text + r"; repeatable; '\n' is a newline")
+            # subtle: no type= here: argparse would turn our ConfigError into a usage error and
+            # print the raw argument, whose lone surrogates stderr may fail to encode
+            group.add_argument(flag, action="append", default=None, metavar="TEXT",
+                               help=text + r"; repeatable; backslash escapes are read ('\n' is a newline)")
         elif kind == "floats":
             group.add_argument(flag, default=None, metavar="W1,W2,...", help=text)
         else:
@@ -130,22 +131,20 @@ def decoding_values(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is None:
             continue
-        out[name] = parse_weights(value) if name == "weights" else value
+        if name == "weights":
+            value = parse_weights(value)
+        elif name == "stop":
+            value = [stop_text(v) for v in value]
+        out[name] = value
     return out
 
 
-def read_prompt(arg: str) -> str:
-    """The prompt argument, or stdin for '-', as text; invalid UTF-8 is a one-line error."""
-    if arg != "-":
-        return arg
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"stdin is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); "
-            "save the prompt as UTF-8, e.g. iconv -t UTF-8"
-        ) from None
+def read_prompt(arg: str, escapes: bool = False) -> str:
+    """The prompt argument, or stdin for '-', as UTF-8 text (text.py); with `escapes`, `\n` etc. read."""
+    from chared_flows.decoding.text import argv_text, decode_utf8, unescape
+
+    text = decode_utf8(sys.stdin.buffer.read(), "stdin") if arg == "-" else argv_text(arg, "the prompt argument")
+    return unescape(text, "the prompt") if escapes else text
 
 
 # --- generate ---------------------------------------------------------------------
@@ -159,6 +158,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                         "directory, a .gguf file or a hub id (default: smollm2,gemma3-270m)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in each member's chat template")
     p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N, mps or auto (default cpu)")
+    p.add_argument("-e", "--escapes", action="store_true",
+                   help=r"read backslash escapes in the prompt ('\n' a newline, '\t' a tab, '\\' a backslash, "
+                        r"'\uHHHH'); without it the prompt is taken literally (bash's $'...' also works)")
     add_decoding_options(p)
     p.set_defaults(handler=cmd_generate)
 
@@ -170,7 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = DecodeConfig.build(**decoding_values(args))  # every value checked before any model loads
     if config.weights is not None and len(config.weights) != len(specs):
         raise ConfigError(f"--weights has {len(config.weights)} values for {len(specs)} models ({', '.join(specs)})")
-    prompt = read_prompt(args.prompt)
+    prompt = read_prompt(args.prompt, args.escapes)
     members = [Member.load(spec, chat=args.chat, device=args.device) for spec in specs]
     streaming = Ensemble(members, config).start_stream(prompt)
     for chunk in streaming:  # the engine never streams a matched stop string

@@ -50,3 +50,24 @@ def test_a_variant_whose_every_pair_failed_exits_non_zero_with_one_line(with_dow
                      "fix the cause and rerun `--run-id r` to retry them"]
     records = [json.loads(line) for line in (with_down_member / "runs" / "r" / "records.jsonl").read_text().splitlines()]
     assert sorted(r["variant"] for r in records if r["error"] is None) == ["five", "five"]  # the others are kept
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["Q: \udcff\udcfe abc"], "error: the prompt argument is not valid UTF-8 (byte 0xff at offset 3)"),
+    (["Q", "--stop", "\udcff"], "error: a --stop argument is not valid UTF-8 (byte 0xff at offset 0)"),
+    (["Q", "--stop", r"\ud800"], "error: a --stop argument holds a lone surrogate"),
+    (["-e", r"Q\udc00"], "error: the prompt holds a lone surrogate"),
+])
+def test_text_from_argv_that_is_not_utf8_is_one_line(project, capsys, argv, message):
+    code, out, err = run_cli(capsys, "generate", *argv, "--models", "five")
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1 and out == ""
+
+
+def test_escapes_are_read_in_the_prompt_only_with_e(project, capsys, monkeypatch):
+    from chared_flows.decoding import Ensemble
+
+    seen, start = [], Ensemble.start_stream
+    monkeypatch.setattr(Ensemble, "start_stream", lambda self, prompt, *a, **k: seen.append(prompt) or start(self, prompt, *a, **k))
+    assert run_cli(capsys, "generate", r"Q:\n2+3=", "--models", "five", "--max-new-chars", "4")[0] == 0
+    assert run_cli(capsys, "generate", "-e", r"Q:\n2+3=", "--models", "five", "--max-new-chars", "4")[0] == 0
+    assert seen == ["Q:\\n2+3=", "Q:\n2+3="]
