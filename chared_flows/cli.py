@@ -277,6 +277,33 @@ def pair_executor(args: argparse.Namespace):
     return functools.partial(RayPairs, **options)
 
 
+def refuse_busy_run(argv: list[str]) -> None:
+    """`run`/`ab` on a run id another process holds is refused before anything heavy is imported.
+
+    subtle: building the parser imports the engine (torch: seconds), so the run id and
+    --out are picked from argv by hand here; the runner takes the real lock later anyway.
+    """
+    from chared_flows.flow.results import RunLock  # stdlib only
+
+    values: dict[str, str] = {}
+    words, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in ("--run-id", "--out", "--templates-dir", "--workflows-dir"):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            values[name] = value
+        elif arg in ("-h", "--help"):
+            return
+        elif not arg.startswith("-"):
+            words.append(arg)
+        i += 1
+    if words[:1] in (["run"], ["ab"]) and values.get("--run-id"):
+        RunLock(Path(values.get("--out") or "runs") / values["--run-id"]).check_free()
+
+
 def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=None):
     """The WorkflowRunner for `run` and `ab`, with its trackers; returns (runner, fanout)."""
     from chared_flows.flow.runner import WorkflowRunner
@@ -659,8 +686,14 @@ def _quiet_libraries() -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        refuse_busy_run(argv)
+    except CharedError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return EXIT_USER_ERROR
     parser = build_parser()
-    args = parser.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv), parser))
+    args = parser.parse_args(join_dash_values(argv, parser))
     setup_logging()
     levels = _quiet_libraries()
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None

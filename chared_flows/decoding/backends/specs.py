@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from chared_flows.decoding.assets import MemberAssets
+from chared_flows.decoding.gguf import check_gguf_file
 from chared_flows.errors import ConfigError, ModelLoadError
 
 PREFIXES = ("llama_cpp:", "served:")
@@ -61,9 +62,7 @@ def gguf_path(spec: str, root: Path) -> Path:
             f"llama_cpp model {spec!r} is neither an embedded alias ({', '.join(EMBEDDED)}) nor a .gguf file; "
             "llama.cpp runs GGUF files"
         )
-    if not path.is_file():
-        raise ModelLoadError(f"GGUF file {spec!r} does not exist; check the path")
-    return path
+    return check_gguf_file(path, spec)
 
 
 def tokenizer_from_gguf(path: Path, root: Path) -> Any:
