@@ -543,13 +543,32 @@ def add_templates(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_templates)
 
 
+def list_templates(store) -> int:
+    """Every template with its versions; each version is loaded and checked against the lock.
+
+    The good templates are listed (stdout) and each broken version is one `error:` line
+    (stderr), so one bad file neither hides the others nor passes unnoticed: exit 2 if any.
+    """
+    broken = 0
+    for name in store.names():
+        good = {}
+        for version in store.versions(name):
+            try:
+                good[version] = store.resolve(f"{name}@{version}")
+            except CharedError as exc:
+                broken += 1
+                print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        if good:
+            latest = good[max(good)]
+            versions = ", ".join(f"v{v}" for v in sorted(good))
+            print(f"{name}  ({versions})  {latest.description.strip()[:70]}")
+    return EXIT_USER_ERROR if broken else 0
+
+
 def cmd_templates(args: argparse.Namespace) -> int:
     store = template_store(args)
     if args.action == "list":
-        for name in store.names():
-            latest = store.resolve(f"{name}@latest")
-            versions = ", ".join(f"v{v}" for v in store.versions(name))
-            print(f"{name}  ({versions})  {latest.description.strip()[:70]}")
+        return list_templates(store)
     elif args.action == "show":
         spec = store.resolve(args.ref)
         lock_state = "locked" if store.is_locked(spec) else "unlocked"

@@ -71,3 +71,20 @@ def test_escapes_are_read_in_the_prompt_only_with_e(project, capsys, monkeypatch
     assert run_cli(capsys, "generate", r"Q:\n2+3=", "--models", "five", "--max-new-chars", "4")[0] == 0
     assert run_cli(capsys, "generate", "-e", r"Q:\n2+3=", "--models", "five", "--max-new-chars", "4")[0] == 0
     assert seen == ["Q:\\n2+3=", "Q:\n2+3="]
+
+
+def test_templates_list_shows_the_good_ones_and_one_line_per_broken_version(project, capsys):
+    for name, data in (("zz_yaml", b'name: zz_yaml\nversion: 1\ntemplate: "{x\n'), ("zz_bytes", b"\xff\xfe"),
+                       ("zz_empty", b"")):
+        (project / "templates" / name).mkdir()
+        (project / "templates" / name / "v1.yaml").write_bytes(data)
+    (project / "templates" / "math_answer" / "v2.yaml").write_text("name: math_answer\nversion: 2\n")  # no template
+    code, out, err = run_cli(capsys, "templates", "list")
+    assert code == 2
+    assert "math_answer  (v1)" in out and "char_scoring  (v1)" in out and "code_complete  (v1)" in out
+    assert "zz_" not in out
+    lines = err.splitlines()
+    assert len(lines) == 4 and all(line.startswith("error: ") for line in lines)
+    assert any("zz_bytes/v1.yaml:1: not UTF-8 (byte 0xff)" in line for line in lines)
+    assert any("zz_yaml/v1.yaml:4: malformed YAML" in line for line in lines)
+    assert any("math_answer/v2.yaml" in line for line in lines)
