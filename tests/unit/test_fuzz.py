@@ -202,7 +202,7 @@ def test_cli_argument_lists(scripted, capsys, command, words):
         assert exc.code in (0, 2)
         capsys.readouterr()
         return
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     assert code in (0, 2, 4), (code, err)
     if code:
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
