@@ -26,6 +26,7 @@ from chared_flows.errors import CharedError, ConfigError
 
 EXIT_USER_ERROR = 2
 EXIT_TRACKING = 3
+EXIT_VARIANT_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -71,12 +72,11 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise ConfigError(f"--weights {text!r} must be comma-separated numbers, like 0.5,0.5") from None
 
 
-def unescape(text: str) -> str:
-    r"""Let `--stop '\n'` mean a newline, as users type it in a shell."""
-    try:
-        return text.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
-    except (UnicodeError, ValueError):
-        return text
+def stop_text(arg: str) -> str:
+    r"""A --stop argument as text: argv bytes as UTF-8, then `\n` and the other escapes as characters."""
+    from chared_flows.decoding import argv_text, unescape
+
+    return unescape(argv_text(arg, "a --stop argument"), "a --stop argument")
 
 
 # --- decoding options, derived from the engine's DecodeFields ----------------------
@@ -113,8 +113,10 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
         elif kind == "literal":
             group.add_argument(flag, choices=choices, default=None, help=text)
         elif kind == "strings":
-            group.add_argument(flag, action="append", default=None, type=unescape, metavar="TEXT",
-                               help=text + r"; repeatable; '\n' is a newline")
+            # subtle: no type= here: argparse would turn our ConfigError into a usage error and
+            # print the raw argument, whose lone surrogates stderr may fail to encode
+            group.add_argument(flag, action="append", default=None, metavar="TEXT",
+                               help=text + r"; repeatable; backslash escapes are read ('\n' is a newline)")
         elif kind == "floats":
             group.add_argument(flag, default=None, metavar="W1,W2,...", help=text)
         else:
@@ -130,22 +132,20 @@ def decoding_values(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is None:
             continue
-        out[name] = parse_weights(value) if name == "weights" else value
+        if name == "weights":
+            value = parse_weights(value)
+        elif name == "stop":
+            value = [stop_text(v) for v in value]
+        out[name] = value
     return out
 
 
-def read_prompt(arg: str) -> str:
-    """The prompt argument, or stdin for '-', as text; invalid UTF-8 is a one-line error."""
-    if arg != "-":
-        return arg
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"stdin is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); "
-            "save the prompt as UTF-8, e.g. iconv -t UTF-8"
-        ) from None
+def read_prompt(arg: str, escapes: bool = False) -> str:
+    """The prompt argument, or stdin for '-', as UTF-8 text (text.py); with `escapes`, `\n` etc. read."""
+    from chared_flows.decoding import argv_text, decode_utf8, unescape
+
+    text = decode_utf8(sys.stdin.buffer.read(), "stdin") if arg == "-" else argv_text(arg, "the prompt argument")
+    return unescape(text, "the prompt") if escapes else text
 
 
 # --- generate ---------------------------------------------------------------------
@@ -159,6 +159,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                         "directory, a .gguf file or a hub id (default: smollm2,gemma3-270m)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in each member's chat template")
     p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N, mps or auto (default cpu)")
+    p.add_argument("-e", "--escapes", action="store_true",
+                   help=r"read backslash escapes in the prompt ('\n' a newline, '\t' a tab, '\\' a backslash, "
+                        r"'\uHHHH'); without it the prompt is taken literally (bash's $'...' also works)")
     add_decoding_options(p)
     p.set_defaults(handler=cmd_generate)
 
@@ -170,7 +173,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = DecodeConfig.build(**decoding_values(args))  # every value checked before any model loads
     if config.weights is not None and len(config.weights) != len(specs):
         raise ConfigError(f"--weights has {len(config.weights)} values for {len(specs)} models ({', '.join(specs)})")
-    prompt = read_prompt(args.prompt)
+    prompt = read_prompt(args.prompt, args.escapes)
     members = [Member.load(spec, chat=args.chat, device=args.device) for spec in specs]
     streaming = Ensemble(members, config).start_stream(prompt)
     for chunk in streaming:  # the engine never streams a matched stop string
@@ -276,6 +279,33 @@ def pair_executor(args: argparse.Namespace):
     return functools.partial(RayPairs, **options)
 
 
+def refuse_busy_run(argv: list[str]) -> None:
+    """`run`/`ab` on a run id another process holds is refused before anything heavy is imported.
+
+    subtle: building the parser imports the engine (torch: seconds), so the run id and
+    --out are picked from argv by hand here; the runner takes the real lock later anyway.
+    """
+    from chared_flows.flow.results import RunLock  # stdlib only
+
+    values: dict[str, str] = {}
+    words, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in ("--run-id", "--out", "--templates-dir", "--workflows-dir"):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            values[name] = value
+        elif arg in ("-h", "--help"):
+            return
+        elif not arg.startswith("-"):
+            words.append(arg)
+        i += 1
+    if words[:1] in (["run"], ["ab"]) and values.get("--run-id"):
+        RunLock(Path(values.get("--out") or "runs") / values["--run-id"]).check_free()
+
+
 def make_runner(args: argparse.Namespace, *, interleave: bool = False, finisher=None, timed_samples: int = 0):
     """The WorkflowRunner for `run` and `ab`, with its trackers; returns (runner, fanout)."""
     from chared_flows.flow.runner import WorkflowRunner
@@ -345,6 +375,22 @@ def report_tracker_failures(fanout, runner) -> int:
     return EXIT_TRACKING
 
 
+def report_failed_variants(runner, code: int) -> int:
+    """One line per variant none of whose pairs succeeded: its results would be an empty column, not a result."""
+    by_variant: dict[str, list] = {}
+    for record in runner.results.read():
+        by_variant.setdefault(record.variant, []).append(record)
+    failed = {name: rows for name, rows in by_variant.items() if rows and all(r.error for r in rows)}
+    for name, rows in failed.items():
+        first = " ".join(str(rows[0].error).split())[:200]
+        print(
+            f"error: variant {name}: all {len(rows)} pairs failed (first: {first}); fix the cause and rerun "
+            f"`--run-id {runner.run_id}` to retry them",
+            file=sys.stderr,
+        )
+    return EXIT_VARIANT_FAILED if failed else code
+
+
 def drain_and_report(runner, fanout) -> tuple[int, int]:
     """drain(), then the trackers' failures, even when the run was interrupted: (new records, exit code).
 
@@ -375,7 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     new, code = drain_and_report(runner, fanout)
     print(f"{new} new records", file=sys.stderr)
     print(json.dumps(summarize(runner.results.read()), indent=2))
-    return code
+    return report_failed_variants(runner, code)
 
 
 # --- ab ---------------------------------------------------------------------------
@@ -439,7 +485,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
         print(f"        {files[1].resolve()}")
         print()
         print(verdict_table_text(made["ab"]))
-    return code
+    return report_failed_variants(runner, code)
 
 
 # --- sync -------------------------------------------------------------------------
@@ -549,13 +595,32 @@ def add_templates(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_templates)
 
 
+def list_templates(store) -> int:
+    """Every template with its versions; each version is loaded and checked against the lock.
+
+    The good templates are listed (stdout) and each broken version is one `error:` line
+    (stderr), so one bad file neither hides the others nor passes unnoticed: exit 2 if any.
+    """
+    broken = 0
+    for name in store.names():
+        good = {}
+        for version in store.versions(name):
+            try:
+                good[version] = store.resolve(f"{name}@{version}")
+            except CharedError as exc:
+                broken += 1
+                print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        if good:
+            latest = good[max(good)]
+            versions = ", ".join(f"v{v}" for v in sorted(good))
+            print(f"{name}  ({versions})  {latest.description.strip()[:70]}")
+    return EXIT_USER_ERROR if broken else 0
+
+
 def cmd_templates(args: argparse.Namespace) -> int:
     store = template_store(args)
     if args.action == "list":
-        for name in store.names():
-            latest = store.resolve(f"{name}@latest")
-            versions = ", ".join(f"v{v}" for v in store.versions(name))
-            print(f"{name}  ({versions})  {latest.description.strip()[:70]}")
+        return list_templates(store)
     elif args.action == "show":
         spec = store.resolve(args.ref)
         lock_state = "locked" if store.is_locked(spec) else "unlocked"
@@ -660,10 +725,22 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose messages survive arguments that are not valid UTF-8.
+
+    subtle: argv bytes that are not UTF-8 arrive as lone surrogates; argparse quotes them in
+    "unrecognized arguments: ..." and printing that raised UnicodeEncodeError (a traceback).
+    """
+
+    def _print_message(self, message: str, file=None) -> None:
+        if message:
+            super()._print_message(message.encode("utf-8", "backslashreplace").decode("utf-8"), file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import chared_flows
 
-    parser = argparse.ArgumentParser(prog="chared", description="Character-wise ensemble decoding (CharED).")
+    parser = _Parser(prog="chared", description="Character-wise ensemble decoding (CharED).")
     parser.add_argument("--version", action="version", version=f"chared {chared_flows.__version__}",
                         help="print the package version and exit")
     parser.add_argument("--templates-dir", help="default: $CHARED_TEMPLATES_DIR or ./templates")
@@ -736,8 +813,14 @@ def _quiet_libraries() -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        refuse_busy_run(argv)
+    except CharedError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return EXIT_USER_ERROR
     parser = build_parser()
-    args = parser.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv), parser))
+    args = parser.parse_args(join_dash_values(argv, parser))
     setup_logging()
     levels = _quiet_libraries()
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None

@@ -16,6 +16,7 @@ from chared_flows.decoding.backends.assets import MemberAssets
 from chared_flows.decoding.members import Member
 from chared_flows.decoding.scoring import ScoreResult
 from chared_flows.decoding.summary import generation_info
+from chared_flows.decoding.text import argv_text, check_prompt, decode_utf8, unescape
 from chared_flows.decoding.backends.transformers import TransformersBackend
 from chared_flows.decoding.vocab import BYTE_LEVEL, SENTENCEPIECE, ByteVocabulary
 
@@ -23,7 +24,11 @@ __all__ = [
     "Backend",
     "FactoryBackend",
     "TokenRunner",
+    "argv_text",
     "cancellable",
+    "check_prompt",
+    "decode_utf8",
+    "unescape",
     "check_model_spec",
     "cancel_requested",
     "generation_info",

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from chared_flows.decoding.text import text_problem
 from chared_flows.errors import ConfigError
 
 MAX_NEW_CHARS = 32_768  # far beyond the embedded models' context windows; a typo guard
@@ -119,10 +120,15 @@ class DecodeFields(BaseModel):
             return ()
         if isinstance(value, str):
             value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("stop must be a str or a list of str")
         out = []
         for s in value:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"stop string {s!r} is invalid; stop strings must be non-empty str")
+            problem = text_problem(s, "stop string")  # a lone surrogate could never match the UTF-8 written
+            if problem:
+                raise ValueError(problem)
             if s not in out:
                 out.append(s)
         return tuple(out)

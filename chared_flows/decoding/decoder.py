@@ -31,6 +31,7 @@ from chared_flows.decoding.combine import RULE_FUNCTIONS, normalise_weights
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.decoding.exact import ExactBeam, ExactSource
 from chared_flows.decoding.healing import drop_forced, heal_prompt
+from chared_flows.decoding.text import check_prompt, check_text
 from chared_flows.decoding.index import END, EOS
 from chared_flows.decoding.members import Member, MemberSession
 from chared_flows.decoding.rounds import EnsembleRound, MemberRound
@@ -131,8 +132,11 @@ class Ensemble:
         pruning). Chared mode: the probability that the chared procedure writes
         these bytes, summed over where its rounds could end (scoring.py).
         """
-        if not isinstance(continuation, str):
-            raise ConfigError(f"continuation is a {type(continuation).__name__}; pass a str")
+        check_text(continuation, "continuation")
+        if not continuation:
+            # 0 bits over 0 characters has no rate: NaN would poison every mean it joins
+            raise ConfigError("continuation is empty; score at least one character (bits per char of nothing is undefined)")
+        check_prompt(prompt)
         if self.config.mode == "exact":
             return score_exact(self, prompt, continuation)
         return score_chared(self, prompt, continuation)
@@ -332,8 +336,7 @@ class _Decoding:
     """State of one generate/stream call: sessions, output bytes, stop and length bookkeeping."""
 
     def __init__(self, ens: Ensemble, prompt, config: DecodeConfig):
-        if not isinstance(prompt, (str, list, tuple)):
-            raise ConfigError(f"prompt is a {type(prompt).__name__}; pass a str or a list of chat messages")
+        check_prompt(prompt)
         self.ens = ens
         self.config = config
         self.stop = list(config.stop)

@@ -13,6 +13,7 @@ from chared_flows.decoding.backends.assets import MemberAssets, assets_for_model
 from chared_flows.decoding.backends.loading import load_assets
 from chared_flows.decoding.rounds import MemberRound
 from chared_flows.decoding.backends.scheduler import PassScheduler, gather, scheduler_for
+from chared_flows.decoding.text import check_prompt
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError, ContextWindowError
 
@@ -25,10 +26,13 @@ _ROLES = ("system", "user", "assistant")
 
 def _as_messages(prompt: Prompt) -> list[dict[str, str]]:
     """A prompt as chat messages, checked: a str is one user turn."""
+    check_prompt(prompt)  # text.py decides what text is acceptable
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     messages = []
     for i, message in enumerate(prompt):
+        if not isinstance(message, Mapping):
+            raise ConfigError(f"message {i} is a {type(message).__name__}; each message is a dict with role and content")
         role, content = message.get("role"), message.get("content")
         if role not in _ROLES or not isinstance(content, str):
             raise ConfigError(

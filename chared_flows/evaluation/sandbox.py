@@ -11,8 +11,10 @@ The boundary (`bwrap`, Debian package `bubblewrap`), for every run:
 - a read-only view of only what the interpreter needs: /usr (and the /bin,
   /lib* links), the Python install when it is outside /usr (its site-packages
   hidden), a minimal /dev, the new pid namespace's /proc, and private
-  size-limited tmpfs at /tmp (the cwd) and /dev/shm. No /etc, no home, no
-  project, no virtualenv. The environment is empty.
+  size-limited tmpfs at /tmp (the cwd) and /dev/shm, the only writable
+  mounts: bwrap's root tmpfs and /dev are remounted read-only (they have no
+  size cap). No /etc, no home, no project, no virtualenv. The environment is
+  empty.
 - limits: wall clock (the parent's deadline), CPU seconds, address space, file
   size, processes (RLIMIT_NPROC, set inside: it counts per uid in the sandbox's
   own user namespace), open files, and the bytes of output kept (a bounded
@@ -221,10 +223,14 @@ def _bwrap_argv(bwrap: str, prefix: str) -> list[str]:
         sites = {sysconfig.get_path(key, vars={"base": prefix, "platbase": prefix}) for key in ("purelib", "platlib")}
         for site in sorted(sites):  # the install's own third-party packages: not needed
             if os.path.isdir(site) and _under(site, prefix):
-                argv += ["--tmpfs", site]
+                argv += ["--tmpfs", site, "--remount-ro", site]
     sized = ["--size", str(TMP_BYTES)] if "--size" in known else []
-    argv += ["--dev", "/dev", *sized, "--tmpfs", "/dev/shm", "--proc", "/proc", *sized, "--tmpfs", "/tmp",
-             "--chdir", "/tmp", "--"]
+    argv += ["--dev", "/dev", *sized, "--tmpfs", "/dev/shm", "--proc", "/proc", *sized, "--tmpfs", "/tmp"]
+    # subtle: bwrap's own root (/) and /dev are tmpfs without a size cap (half the host's RAM,
+    # shared memory of the host): writable, a completion could fill them past every limit.
+    # Remounted read-only last; --remount-ro is not recursive, so /tmp and /dev/shm (capped)
+    # stay the only writable places, and device nodes such as /dev/null still take writes.
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
     return argv
 
 

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -68,15 +69,32 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            error = self._in_use(fd)
             os.close(fd)
-            raise WorkflowError(
-                f"run {self.path.parent.name!r} is in use by another process (pid {holder}); "
-                "wait for it to finish, or start a new run with another --run-id"
-            ) from None
+            raise error from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd
+
+    def check_free(self) -> None:
+        """Fail now if another process holds the lock; takes nothing (the CLI calls it before its
+        heavy imports, so a second run on a busy id is refused in a fraction of a second)."""
+        if not self.path.is_file():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with the holder's LOCK_EX only
+        except BlockingIOError:
+            raise self._in_use(fd) from None
+        finally:
+            os.close(fd)  # closing drops the shared lock
+
+    def _in_use(self, fd: int) -> WorkflowError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+        return WorkflowError(
+            f"run {self.path.parent.name!r} is in use by another process (pid {holder}); "
+            "wait for it to finish, or start a new run with another --run-id"
+        )
 
     def release(self) -> None:
         if self._fd is not None:
@@ -92,6 +110,35 @@ class RunLock:
         self.release()
 
 
+_RECORD_TYPES = {"run_id": str, "variant": str, "sample_id": str, "output": str, "scores": dict,
+                 "inputs": dict, "error": (str, type(None))}
+
+
+def record_problem(value: Any) -> str | None:
+    """What keeps a decoded JSON line from being a SampleRecord, or None."""
+    if not isinstance(value, dict):
+        return f"a JSON {type(value).__name__}, not an object"
+    required = [f.name for f in dataclasses.fields(SampleRecord)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in value]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for name, kind in _RECORD_TYPES.items():
+        if name in value and not isinstance(value[name], kind):
+            return f"{name} is a {type(value[name]).__name__}"
+    return None
+
+
+def read_json_file(path: Path, fix: str) -> Any:
+    """A small JSON file (run.json, pending.json) decoded; a damaged one is one line naming file, line and `fix`."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(f"{path}: not UTF-8 (byte offset {exc.start}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise WorkflowError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); {fix}") from None
+
+
 class ResultsFile:
     """The JSONL file of one run's records: the latest record of each pair counts."""
 
@@ -104,21 +151,32 @@ class ResultsFile:
         """Every record in file order; a torn *last* line is left out, any other bad line is an error."""
         if not self.path.is_file():
             return []
-        data = self.path.read_text(encoding="utf-8")
-        lines = data.split("\n")
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
         rows = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(SampleRecord.from_dict(json.loads(line)))
-            except json.JSONDecodeError:
+                value = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 # subtle: a run killed mid-write leaves a torn last line; that pair simply reruns
-                if number != len(lines) or data.endswith("\n"):
+                if number != len(lines) or data.endswith(b"\n"):
                     raise WorkflowError(
                         f"{self.path}:{number}: corrupt record line; move it out of the file to rerun that pair"
                     ) from None
+                continue
+            problem = record_problem(value)
+            if problem:
+                raise WorkflowError(
+                    f"{self.path}:{number}: JSON but not a record ({problem}); move it out of the file to rerun that pair"
+                )
+            rows.append(SampleRecord.from_dict(value))
         return rows
+
+    def has_records(self) -> bool:
+        """Whether the file holds anything (a torn line counts: it was a pair that ran)."""
+        return self.path.is_file() and self.path.stat().st_size > 0
 
     def read(self) -> list[SampleRecord]:
         """One record per (sample, variant): the latest, in the order pairs first appeared."""

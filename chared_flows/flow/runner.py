@@ -32,7 +32,7 @@ from chared_flows.flow.llm import VariantLLM
 from chared_flows.flow.loader import ResolvedWorkflow
 from chared_flows.flow.pairs import LLMFactory, LocalPairs, PairExecutor, PairRunner
 from chared_flows.flow.progress import progress_bar
-from chared_flows.flow.results import ResultsFile, RunLock, write_atomically
+from chared_flows.flow.results import ResultsFile, RunLock, read_json_file, write_atomically
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec, variant_summary
 
 RECORDS_FILE = "records.jsonl"
@@ -157,8 +157,14 @@ class WorkflowRunner:
         """Check that an existing run.json describes the same workflow, then (re)write it."""
         path = self.run_dir / RUN_FILE
         identity = self._run_identity(run)
-        if path.is_file():
-            before = json.loads(path.read_text(encoding="utf-8"))
+        # subtle: a run that failed before its first pair (an unknown model, a dead --ray
+        # address, repeated sample ids) left a run.json but no records; nothing can be mixed,
+        # so the corrected workflow may take the id over.
+        if path.is_file() and self.results.has_records():
+            fix = f"delete {path} to resume with the same workflow, or start a new run with another --run-id"
+            before = read_json_file(path, fix)
+            if not isinstance(before, dict):
+                raise WorkflowError(f"{path} holds a JSON {type(before).__name__}, not a run; {fix}")
             changed = [k for k in ("workflow_hash", "template_hash") if before.get(k) != identity[k]]
             if changed:
                 raise WorkflowError(

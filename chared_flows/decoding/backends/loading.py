@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from chared_flows.decoding.backends.assets import MemberAssets, assets_for_model
 from chared_flows.decoding.backends.files import EMBEDDED, converted_dir, default_cache_dir, looks_like_hub_id
 from chared_flows.decoding.backends.specs import load_backend_assets, names_a_backend
+from chared_flows.decoding.backends.gguf import check_gguf_file
 from chared_flows.errors import ConfigError, ModelLoadError
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -104,9 +105,7 @@ def _load(spec: str, root: Path, dtype: str) -> tuple[Any, Any, str]:
         return (*_load_dir(convert_gguf(gguf, root), dtype), f"{spec} ({gguf.name})")
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file {spec!r} does not exist; check the path")
-        return (*_load_dir(convert_gguf(path, root), dtype), str(path))
+        return (*_load_dir(convert_gguf(check_gguf_file(path, spec), root), dtype), str(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"directory {spec!r} has no config.json; point to a Hugging Face model directory")
@@ -148,8 +147,14 @@ def convert_gguf(path: Path, root: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=_torch_dtype("float32"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=_torch_dtype("float32"))
+    except Exception as exc:  # noqa: BLE001 - a damaged GGUF fails in the reader with any exception type
+        raise ModelLoadError(
+            f"could not read GGUF file {str(path)!r}: {exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}; "
+            "is the file complete and an architecture transformers can load?"
+        ) from exc
     # Subtle: the GGUF quantizer would be saved with the weights and make every
     # reload dequantise again; the weights are already plain float tensors.
     model.hf_quantizer = None

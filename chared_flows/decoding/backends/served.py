@@ -17,11 +17,17 @@ The runner is stateless: the server keeps the KV of recent prompts (prefix
 caching), so snapshots only remember the last ids and logits. Tokenization
 stays the HF tokenizer's (members.py); the server must serve the same model.
 
-Robustness: each request has a timeout; connection errors, timeouts and 5xx
+Robustness: each call has a total deadline (`deadline`, 30 s) that bounds
+its tries, backoff sleeps included; each try's socket timeout is the
+smaller of `timeout` and the time left. Connection errors, timeouts and 5xx
 replies (llama-server answers 503 while it loads) are retried with
 exponential backoff; 4xx replies are not (the request is wrong). When the
-retries run out, `BackendError` says in one line which URL failed, why, and
-what to start. A failed call changes nothing in the runner, so the caller can
+retries or the deadline run out, `BackendError` says in one line which URL
+failed, why, and what to start. Every reply is checked before it is used
+(`check_top`): ids inside the vocabulary, finite log-probs <= 0 whose
+probabilities sum to at most 1, between 1 and top_k distinct entries; a
+reply that fails is a `BackendError` naming the server and the fault, never
+a silent wrong distribution. A failed call changes nothing in the runner, so the caller can
 retry the same call later. `next_logits_batch` sends one request per
 sequence from a thread pool, at most `concurrency` in flight per backend.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import socket
 import threading
 import time
@@ -76,15 +83,17 @@ class ServedBackend:
         top_k: int = 1000,  # measured: at 100 the tail lost already changes greedy text (topk.py)
         rest: str = DEFAULT_REST,
         model: str | None = None,
-        timeout: float = 60.0,
+        timeout: float = 30.0,
+        deadline: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
         concurrency: int = 8,
     ):
         if api not in APIS:
             raise ConfigError(f"api {api!r} is not a supported server API; use one of: {', '.join(APIS)}")
-        for name, value in (("timeout", timeout), ("backoff", backoff)):
-            if not isinstance(value, (int, float)) or value < 0 or (name == "timeout" and value == 0):
+        for name, value in (("timeout", timeout), ("deadline", deadline), ("backoff", backoff)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (name != "backoff" and value == 0):
                 raise ConfigError(f"{name} is {value!r}; give a positive number of seconds")
         for name, value, low in (("retries", retries, 0), ("concurrency", concurrency, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -95,6 +104,7 @@ class ServedBackend:
         self.top_k, self.rest = check_top_k(top_k), check_rest(rest)
         self.model = model
         self.timeout, self.retries, self.backoff = float(timeout), retries, float(backoff)
+        self.deadline = float(deadline)
         self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         self._local = threading.local()
@@ -126,10 +136,12 @@ class ServedBackend:
         if self.api == "openai":
             body = {"model": self._model_name(), "prompt": ids, "max_tokens": 1, "logprobs": self.top_k,
                     "temperature": 0.0, "return_tokens_as_token_ids": True}
-            return parse_openai(self._post("/v1/completions", body), self.url)
-        body = {"prompt": ids, "n_predict": 1, "n_probs": self.top_k, "cache_prompt": True,
-                "temperature": 0.0, "post_sampling_probs": False}
-        return parse_llama_cpp(self._post("/completion", body), self.url)
+            top = parse_openai(self._post("/v1/completions", body), self.url)
+        else:
+            body = {"prompt": ids, "n_predict": 1, "n_probs": self.top_k, "cache_prompt": True,
+                    "temperature": 0.0, "post_sampling_probs": False}
+            top = parse_llama_cpp(self._post("/completion", body), self.url)
+        return check_top(*top, num_rows=self.num_rows, top_k=self.top_k, url=self.url)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the server's /health answers 200 (llama-server: model loaded)."""
@@ -158,14 +170,23 @@ class ServedBackend:
         return self._call("POST", path, body)
 
     def _call(self, method: str, path: str, body: dict | None) -> Any:
-        """One request with retries and backoff; the decoded JSON reply."""
-        start, last = time.monotonic(), ""
+        """One request with retries and backoff, all inside `deadline`; the decoded JSON reply."""
+        start, last, tries = time.monotonic(), "", 0
+        end = start + self.deadline
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                pause = self.backoff * 2 ** (attempt - 1)
+                if time.monotonic() + pause >= end:
+                    break  # no time left for another try
+                time.sleep(pause)
             try:
                 with self._slots:
-                    status, data = self._request(method, path, body)
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        last = last or "no time left"
+                        break
+                    tries += 1
+                    status, data = self._request(method, path, body, min(self.timeout, left))
             except _Retryable as exc:
                 last = str(exc)
                 continue
@@ -180,14 +201,20 @@ class ServedBackend:
                 raise BackendError(
                     f"served member at {self.url}{path} sent no JSON ({_snippet(data)}); is api={self.api!r} right for it?"
                 ) from None
-        tries = self.retries + 1
+        within = f" within its {self.deadline:g} s deadline" if tries < self.retries + 1 else ""
         raise BackendError(
-            f"served member at {self.url} failed {tries} {'try' if tries == 1 else 'tries'} in "
+            f"served member at {self.url} failed {tries} {'try' if tries == 1 else 'tries'}{within} in "
             f"{time.monotonic() - start:.1f} s ({last}); {START_HINT[self.api]}, or fix the URL"
         )
 
-    def _request(self, method: str, path: str, body: dict | None) -> tuple[int, bytes]:
+    def _request(self, method: str, path: str, body: dict | None, timeout: float | None = None) -> tuple[int, bytes]:
         conn = self._connection()
+        # subtle: the socket timeout bounds each blocking read, so a server that never
+        # answers is cut at the time left; one that trickles a byte at a time could still
+        # stretch a try, which the deadline check before the next try then stops.
+        conn.timeout = self.timeout if timeout is None else timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
@@ -231,12 +258,25 @@ def parse_llama_cpp(reply: Any, url: str = "") -> tuple[list[int], list[float]]:
     try:
         first = reply["completion_probabilities"][0]
         top = first["top_logprobs"]
-        return [int(t["id"]) for t in top], [float(t["logprob"]) for t in top]
+        return [_token_id(t["id"]) for t in top], [_number(t["logprob"]) for t in top]
     except (KeyError, IndexError, TypeError, ValueError):
         raise BackendError(
             f"served member at {url}: reply has no completion_probabilities[0].top_logprobs "
             f"(keys: {sorted(reply) if isinstance(reply, dict) else type(reply).__name__}); is it llama.cpp's llama-server?"
         ) from None
+
+
+def _token_id(value: Any) -> int:
+    # int() would silently turn 7.9, "7" or true into a token id
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(value)
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    return float(value)
 
 
 def parse_openai(reply: Any, url: str = "") -> tuple[list[int], list[float]]:
@@ -247,14 +287,53 @@ def parse_openai(reply: Any, url: str = "") -> tuple[list[int], list[float]]:
         for token, logprob in top.items():
             if not token.startswith("token_id:"):
                 raise ValueError(token)
-            ids.append(int(token.split(":", 1)[1]))
-            logprobs.append(float(logprob) if logprob > -9999.0 else float("-inf"))
+            ids.append(_token_id(int(token.split(":", 1)[1])))
+            logprobs.append(_number(logprob) if _number(logprob) > -9999.0 else float("-inf"))
         return ids, logprobs
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise BackendError(
             f"served member at {url}: reply has no choices[0].logprobs.top_logprobs[0] keyed by 'token_id:<id>'; "
             "does the server support return_tokens_as_token_ids (vLLM does)?"
         ) from None
+
+
+def check_top(ids: list[int], logprobs: list[float], *, num_rows: int, top_k: int, url: str = "") -> tuple[list[int], list[float]]:
+    """The reply's (ids, logprobs) if they can be a top-k of one distribution over `num_rows` tokens.
+
+    A server that serves another model, a proxy that mangles numbers or a bug in the server
+    would otherwise give a silently wrong distribution (NaN log-probs decode to nothing).
+    """
+    where = f"served member at {url}: reply"
+    if not ids:
+        raise BackendError(f"{where} has no top-k entries; the server must return the top {top_k} log-probs")
+    if len(ids) != len(logprobs):
+        raise BackendError(f"{where} has {len(ids)} token ids for {len(logprobs)} log-probs")
+    if len(ids) > top_k:
+        raise BackendError(f"{where} has {len(ids)} entries for top_k={top_k}; is the server honouring n_probs/logprobs?")
+    if len(set(ids)) != len(ids):
+        raise BackendError(f"{where} repeats a token id ({_first_repeat(ids)}); a top-k lists each token once")
+    for token, logprob in zip(ids, logprobs):
+        if not 0 <= token < num_rows:
+            raise BackendError(
+                f"{where} has token id {token} outside the tokenizer's {num_rows} tokens; "
+                "does the server serve the model whose tokenizer= you gave?"
+            )
+        # -inf is allowed: vLLM's -9999.0 stands for a probability of 0
+        if math.isnan(logprob) or logprob > _LOGPROB_SLACK:
+            raise BackendError(f"{where} has log-prob {logprob!r} for token {token}; log-probs must be finite and <= 0")
+    total = math.fsum(math.exp(v) for v in logprobs)
+    if total > 1.0 + _MASS_SLACK:
+        raise BackendError(f"{where} has probabilities summing to {total:.4f} > 1; they are not log-probs of one softmax")
+    return ids, logprobs
+
+
+_LOGPROB_SLACK = 1e-4  # float32 rounding of log(1) on the server
+_MASS_SLACK = 1e-3
+
+
+def _first_repeat(ids: list[int]) -> int:
+    seen: set[int] = set()
+    return next(i for i in ids if i in seen or seen.add(i))
 
 
 class ServedRunner:

@@ -17,7 +17,8 @@ Query options of `served:` (all but `tokenizer` optional): `tokenizer` (the
 served model's tokenizer: an alias, a HF directory, a .gguf file or a hub id),
 `api` (llama_cpp | openai), `top_k` (1000; vLLM allows 20 unless started with
 `--max-logprobs`), `rest` (spread | drop: the missing mass, see topk.py), `model` (the server's model name, openai API),
-`timeout` (seconds, 60), `retries` (3), `concurrency` (8).
+`timeout` (seconds per try, 30), `deadline` (seconds per call, all tries and
+backoff included, 30), `retries` (3), `concurrency` (8).
 
 Tokenization is always the HF fast tokenizer's. For a GGUF file it is read
 from the file itself (transformers' GGUF reader), or from the converted
@@ -33,10 +34,11 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from chared_flows.decoding.backends.assets import MemberAssets
 from chared_flows.decoding.backends.files import EMBEDDED, converted_dir, looks_like_hub_id
+from chared_flows.decoding.backends.gguf import check_gguf_file
 from chared_flows.errors import ConfigError, ModelLoadError
 
 PREFIXES = ("llama_cpp:", "served:")
-_SERVED_OPTIONS = {"tokenizer", "api", "top_k", "rest", "model", "timeout", "retries", "concurrency"}
+_SERVED_OPTIONS = {"tokenizer", "api", "top_k", "rest", "model", "timeout", "deadline", "retries", "concurrency"}
 
 
 def names_a_backend(spec: str) -> bool:
@@ -59,9 +61,7 @@ def gguf_path(spec: str, root: Path) -> Path:
             f"llama_cpp model {spec!r} is neither an embedded alias ({', '.join(EMBEDDED)}) nor a .gguf file; "
             "llama.cpp runs GGUF files"
         )
-    if not path.is_file():
-        raise ModelLoadError(f"GGUF file {spec!r} does not exist; check the path")
-    return path
+    return check_gguf_file(path, spec)
 
 
 def tokenizer_from_gguf(path: Path, root: Path) -> Any:
@@ -164,7 +164,7 @@ def parse_served(spec: str) -> tuple[str, str, dict[str, Any]]:
     return base, tokenizer, kwargs
 
 
-_NUMBERS = {"top_k": int, "retries": int, "concurrency": int, "timeout": float}
+_NUMBERS = {"top_k": int, "retries": int, "concurrency": int, "timeout": float, "deadline": float}
 _KIND_NAMES = {int: "an integer", float: "a number"}
 
 

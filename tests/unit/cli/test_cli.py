@@ -293,7 +293,7 @@ def test_a_retried_pair_names_its_first_promptlayer_request(project, capsys, mon
         monkeypatch.setenv("PROMPTLAYER_BASE_URL", server.url)
         args = ("run", "tiny", "--run-id", "p1", "--tracker", "promptlayer", "--limit", "1")
         code, _, err = run_cli(capsys, *args)
-        assert code == 0 and "mix-w0.5 a: DecodingError: scripted failure" in err, err
+        assert code == 4 and "mix-w0.5 a: DecodingError: scripted failure" in err, err  # every pair of it failed
         failing["on"] = False
         code, _, err = run_cli(capsys, *args)  # the resume retries the error row
         assert code == 0 and "1 new records" in err, err

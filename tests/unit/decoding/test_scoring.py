@@ -7,6 +7,7 @@ import pytest
 
 from chared_flows.decoding import Ensemble, ScoreResult
 from chared_flows.decoding.decoder import _Decoding
+from chared_flows.errors import ConfigError
 from tests.fixtures.tiny import scripted_member, tiny_member
 
 
@@ -33,9 +34,11 @@ def test_score_fields_are_consistent(bl, bf, mode):
     assert 0.0 <= result.pruned_mass <= 1.0
 
 
-def test_empty_continuation_scores_zero_bits(bl):
-    result = Ensemble([bl], mode="exact").score("Hi", "")
-    assert result.total_bits == 0 and result.bytes == 0 and math.isnan(result.bits_per_byte)
+@pytest.mark.parametrize("mode", ["exact", "chared"])
+def test_empty_continuation_is_a_clear_error_not_nan(bl, mode):
+    # 0 bits over 0 characters has no rate; NaN bits/char would poison every mean it joins
+    with pytest.raises(ConfigError, match="continuation is empty; score at least one character"):
+        Ensemble([bl], mode=mode).score("Hi", "")
 
 
 def _decoding(ens, prompt):
