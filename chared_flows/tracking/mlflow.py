@@ -270,29 +270,25 @@ def samples_table(records: list[SampleRecord]) -> dict[str, list[Any]]:
     return table
 
 
-def flatten_numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Nested summary dict -> {"a.b": number}; non-numbers are left out."""
-    out: dict[str, float] = {}
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested summary dict -> ("a.b", leaf) pairs."""
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flatten_numbers(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isfinite(value):
-                out[clean_key(name)] = float(value)
-    return out
+            yield from _flatten(value, f"{name}.")
+        else:
+            yield name, value
 
 
-def flatten_strings(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten_numbers(data: dict[str, Any]) -> dict[str, float]:
+    """Nested summary dict -> {"a.b": number} for its finite numbers (metrics)."""
+    return {clean_key(name): float(value) for name, value in _flatten(data)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+def flatten_strings(data: dict[str, Any]) -> dict[str, str]:
     """Nested summary dict -> {"a.b": text} for its strings (verdicts become tags)."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten_strings(value, f"{name}."))
-        elif isinstance(value, str):
-            out[clean_key(name)] = value
-    return out
+    return {clean_key(name): value for name, value in _flatten(data) if isinstance(value, str)}
 
 
 class MlflowTracker:
