@@ -35,12 +35,13 @@ def as_items(model_input: Any) -> list[Any]:
 
 
 class CombinationModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):
         config = dict(context.model_config or {})
         self.combination = Combination.from_dict(config, where="the logged combination")
         self.ensemble = self.combination.ensemble(where="the logged combination")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # subtle: no type hints here: MLflow reads predict's hints as a signature and warns on Any
+    def predict(self, context, model_input, params=None):
         prompts = [self.combination.prompt_for(item) for item in as_items(model_input)]
         if not prompts:
             return []

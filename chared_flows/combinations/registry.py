@@ -237,8 +237,8 @@ def resolve_version(client, uri: str) -> tuple[str, int]:
             raise
         model = client.get_registered_model(name)
         aliases = ", ".join(sorted(getattr(model, "aliases", {}) or {})) or "none"
-        versions = ", ".join(sorted((v.version for v in client.search_model_versions(f"name = '{name}'")),
-                                    key=int)) or "none"
+        numbers = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        versions = ", ".join(map(str, numbers)) or "none"
         what = f"alias {alias!r}" if alias is not None else f"version {version}"
         raise ConfigError(f"registered model {name!r} has no {what} (aliases: {aliases}; versions: {versions})") from None
 
@@ -250,7 +250,7 @@ def load_combination(uri: str, tracking_uri: str | None = None) -> Registered:
     name, version = resolve_version(client, uri)
     with _global_tracking_uri(store):
         info = mlflow.models.get_model_info(f"models:/{name}/{version}")
-    config = (info.flavors.get("python_function") or {}).get("model_config")
+    config = (info.flavors.get("python_function") or {}).get("config")  # MLflow's key for model_config
     if not isinstance(config, dict):
         raise ConfigError(f"{uri} (version {version}) is not a chared combination (its MLmodel has no model_config); "
                           "register combinations with `chared promote`")

@@ -1,0 +1,102 @@
+"""Promote to a real local MLflow sqlite registry and load back through pyfunc (tiny models)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chared_flows.combinations.evidence import combination_from_run
+from chared_flows.combinations.registry import load_combination, parse_uri, promote
+from chared_flows.errors import ConfigError, TrackingError
+from tests.unit.combinations.conftest import PROMPT, write_run
+
+
+@pytest.fixture()
+def combo(tiny_dirs, tmp_path):
+    report = {"verdicts": [{"challenger": "mix", "control": "a", "verdict": "better"}]}
+    return combination_from_run(write_run(tmp_path / "r1", tiny_dirs, report=report), "mix")
+
+
+def test_promote_registers_once_with_alias_and_evidence_tags(combo, store):
+    import mlflow
+
+    first = promote(combo, "tiny-combo", alias="champion")
+    again = promote(combo, "tiny-combo", alias="champion")
+    assert first.created and first.version == 1
+    assert not again.created and again.version == 1  # same content: no second version
+    client = mlflow.MlflowClient(store, store)
+    version = client.get_model_version_by_alias("tiny-combo", "champion")
+    tags = version.tags
+    assert int(version.version) == 1 and tags["chared.content_hash"] == combo.content_hash
+    assert tags["chared.evidence.run_id"] == "r1" and tags["chared.evidence.variant"] == "mix"
+    assert tags["chared.metric.exact"] == "0.5" and '"better"' in tags["chared.verdicts"]
+    assert len(client.search_model_versions("name = 'tiny-combo'")) == 1
+
+
+def test_pyfunc_loads_by_alias_and_reproduces_the_record(combo, store, tmp_path):
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    promote(combo, "tiny-combo", alias="champion")
+    record = json.loads((tmp_path / "r1" / "records.jsonl").read_text().splitlines()[0])
+    model = mlflow.pyfunc.load_model("models:/tiny-combo@champion")
+    assert model.predict([PROMPT]) == [record["output"]]
+    assert model.predict(pd.DataFrame({"prompt": [PROMPT, PROMPT]})) == [record["output"]] * 2
+    loaded = load_combination("models:/tiny-combo@champion")
+    assert loaded.version == 1 and loaded.combination == combo
+
+
+def test_unknown_names_aliases_versions_are_one_line(combo, store):
+    promote(combo, "tiny-combo", alias="champion")
+    with pytest.raises(ConfigError, match=r"no registered model 'nope'"):
+        load_combination("models:/nope@champion")
+    with pytest.raises(ConfigError, match=r"has no alias 'prod' \(aliases: champion; versions: 1\)"):
+        load_combination("models:/tiny-combo@prod")
+    with pytest.raises(ConfigError, match=r"has no version 7"):
+        load_combination("models:/tiny-combo/7")
+    with pytest.raises(ConfigError, match="is not models:/NAME@ALIAS"):
+        parse_uri("runs:/abc/model")
+
+
+def test_a_registry_that_is_down_is_one_line_and_nothing_is_registered(combo, store):
+    from tests.support.mlflow_server import free_port
+
+    with pytest.raises(TrackingError, match=r"unreachable .*start it"):
+        promote(combo, "tiny-combo", tracking_uri=f"http://127.0.0.1:{free_port()}")
+
+
+def test_a_failed_promotion_leaves_nothing_half_registered(combo, store, monkeypatch):
+    import mlflow
+
+    from chared_flows.combinations import registry
+
+    def broken(combination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry, "log_model", broken)
+    with pytest.raises(TrackingError, match="nothing was registered: OSError: disk full"):
+        promote(combo, "tiny-combo", alias="champion")
+    client = mlflow.MlflowClient(store, store)
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name("chared-combinations").experiment_id])
+    assert runs == []  # the run was deleted
+
+
+def test_a_changed_member_is_refused_when_loading(combo, store, tiny_dirs, tmp_path):
+    import shutil
+
+    import mlflow
+
+    from chared_flows.combinations.evidence import combination_from_run
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dirs[0], copy)
+    run_dir = tmp_path / "r2"
+    from tests.unit.combinations.conftest import write_run as write
+
+    moved = combination_from_run(write(run_dir, [str(copy), tiny_dirs[1]]), "mix")
+    promote(moved, "moved", alias="champion")
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    with pytest.raises(ConfigError, match=r"changed since it was promoted"):
+        mlflow.pyfunc.load_model("models:/moved@champion")
