@@ -100,3 +100,42 @@ def test_a_changed_member_is_refused_when_loading(combo, store, tiny_dirs, tmp_p
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     with pytest.raises(ConfigError, match=r"changed since it was promoted"):
         mlflow.pyfunc.load_model("models:/moved@champion")
+
+
+def test_langchain_models_load_from_the_registry(combo, store, tmp_path):
+    import json
+
+    from chared_flows.integrations.langchain import CharEDLLM, ChatCharED
+
+    promote(combo, "tiny-combo", alias="champion")
+    record = json.loads((tmp_path / "r1" / "records.jsonl").read_text().splitlines()[0])
+    llm = CharEDLLM.from_registry("models:/tiny-combo@champion")
+    assert llm.models == combo.members and tuple(llm.weights) == (0.7, 0.3) and llm.max_new_chars == 12
+    assert llm.registry_source == "models:/tiny-combo@champion (version 1)"
+    assert llm.invoke(PROMPT) == record["output"]
+    chat = ChatCharED.from_registry("models:/tiny-combo/1", max_tokens=5)
+    assert chat.max_new_chars == 5 and chat.models == combo.members
+    with pytest.raises(ConfigError, match="has no alias 'prod'"):
+        CharEDLLM.from_registry("models:/tiny-combo@prod")
+
+
+def test_cli_promote_and_generate_with_a_combination(combo, store, tiny_dirs, tmp_path, capsys, monkeypatch):
+    import json
+
+    from chared_flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    write_run(run_dir, tiny_dirs)
+    record = json.loads((run_dir / "records.jsonl").read_text().splitlines()[0])
+    assert main(["promote", "r1", "mix", "--name", "cli-combo", "--alias", "champion"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "models:/cli-combo@champion" and "registered" in err
+    assert main(["promote", "r1", "mix", "--name", "cli-combo"]) == 0
+    assert "already registered (same content)" in capsys.readouterr().err
+    assert main(["generate", PROMPT, "--combination", "models:/cli-combo@champion"]) == 0
+    assert capsys.readouterr().out == record["output"] + "\n"
+    assert main(["generate", PROMPT, "--combination", "models:/cli-combo@champion", "--weights", "0.5,0.5"]) == 2
+    assert "--weights would change the combination" in capsys.readouterr().err
+    assert main(["promote", "r1", "nope", "--name", "cli-combo"]) == 2
+    assert capsys.readouterr().err.startswith("error: run 'r1' has no variant 'nope'")
