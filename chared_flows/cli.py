@@ -436,6 +436,11 @@ def add_ab(sub: argparse._SubParsersAction) -> None:
     add_run_options(p)
     p.add_argument("--report-dir", help="where the report goes (default: <out>/<run-id>/report)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap / permutation resamples (default 2000)")
+    live = p.add_argument_group("live A/B (`chared ab --live EXPERIMENT`): the report from a LiveRouter's traces")
+    live.add_argument("--live", action="store_true",
+                      help="read WORKFLOW as a live experiment's name and report on its MLflow traces and feedback")
+    live.add_argument("--since", help="only traces since this time: ISO (2026-12-02T10:00, UTC) or an age (24h, 7d)")
+    live.add_argument("--control", help="the control arm (default: the one the router recorded)")
     p.set_defaults(handler=cmd_ab)
 
 
@@ -443,6 +448,10 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from chared_flows.evaluation.ab import compare
     from chared_flows.reports import write_report
 
+    if args.live:
+        return ab_live(args)
+    if args.since or args.control:
+        raise ConfigError("--since and --control apply to a live experiment; add --live")
     if args.resamples < 100:
         raise ConfigError(f"--resamples {args.resamples} is too few for a CI; use at least 100")
     made: dict[str, list[Path]] = {}
@@ -464,6 +473,22 @@ def cmd_ab(args: argparse.Namespace) -> int:
         print(f"report: {files[0].resolve()}")
         print(f"        {files[1].resolve()}")
     return code
+
+
+def ab_live(args: argparse.Namespace) -> int:
+    """`chared ab --live EXPERIMENT`: unpaired comparisons of each arm with the control, from MLflow traces."""
+    from chared_flows.combinations.live import parse_since, report_from_traces
+    from chared_flows.combinations.live_stats import format_report
+
+    report, n = report_from_traces(args.workflow, parse_since(args.since), args.control)
+    print(f"{n} traces of live experiment {args.workflow!r}", file=sys.stderr)
+    print(format_report(report))
+    if args.report_dir:
+        out = Path(args.report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "live.json").write_text(json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8")
+        print(f"report: {(out / 'live.json').resolve()}")
+    return 0
 
 
 # --- sync -------------------------------------------------------------------------

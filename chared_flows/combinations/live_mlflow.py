@@ -11,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from typing import Any, Iterator
 
 from chared_flows.combinations.live_stats import Observation
 from chared_flows.errors import ConfigError, TrackingError
 from chared_flows.tracking.mlflow import _mlflow, default_tracking_uri
 
-TAG_EXPERIMENT, TAG_ARM, TAG_VERSION, TAG_KEY = ("chared.live.experiment", "chared.live.arm",
-                                                 "chared.live.version", "chared.live.key")
+TAG_EXPERIMENT, TAG_ARM, TAG_VERSION, TAG_KEY, TAG_CONTROL = (
+    "chared.live.experiment", "chared.live.arm", "chared.live.version", "chared.live.key", "chared.live.control")
 log = logging.getLogger("chared_flows.live")
 
 
@@ -43,7 +42,7 @@ class MlflowRecorder:
     @contextlib.contextmanager
     def call(self, assignment: Any, inputs: Any) -> Iterator[dict]:
         tags = {TAG_EXPERIMENT: assignment.experiment, TAG_ARM: assignment.arm,
-                TAG_VERSION: assignment.version, TAG_KEY: assignment.key_hash}
+                TAG_VERSION: assignment.version, TAG_KEY: assignment.key_hash, TAG_CONTROL: assignment.control}
         with self.mlflow.start_span(name=f"live:{assignment.experiment}") as span:
             self.mlflow.update_current_trace(tags=tags)
             span.set_attributes(tags)
@@ -73,28 +72,29 @@ class MlflowRecorder:
 
 
 def observations(experiment: str, since: float | None = None, tracking_uri: str | None = None,
-                 ) -> tuple[list[Observation], int]:
-    """(one Observation per numeric feedback value, number of traces) of a live experiment since `since`."""
+                 ) -> tuple[list[Observation], int, str]:
+    """(one Observation per numeric feedback value, number of traces, control arm) of a live experiment."""
     mlflow = _mlflow()
     use_store(tracking_uri)
     client = mlflow.MlflowClient()
     ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
-        return [], 0
+        return [], 0, ""
     traces = mlflow.search_traces(locations=ids, filter_string=f"tag.`{TAG_EXPERIMENT}` = '{experiment}'",
                                   return_type="list", include_spans=False)
-    out, n = [], 0
+    out, n, control = [], 0, ""
     for trace in traces:
         info = trace.info
         if since is not None and info.request_time / 1000.0 < since:
             continue
         n += 1
         tags = info.tags or {}
+        control = control or tags.get(TAG_CONTROL, "")
         for assessment in info.assessments or []:
             value = _number(getattr(assessment, "value", None))
             if value is not None:
                 out.append(Observation(tags.get(TAG_ARM, ""), assessment.name, value, tags.get(TAG_VERSION, "")))
-    return out, n
+    return out, n, control
 
 
 def _number(value: Any) -> float | None:
@@ -104,6 +104,3 @@ def _number(value: Any) -> float | None:
         return float(value)
     return None
 
-
-def now() -> float:
-    return time.time()

@@ -43,6 +43,7 @@ class Assignment:
     arm: str
     version: str
     key_hash: str
+    control: str = ""
     trace_id: str | None = None
 
 
@@ -104,7 +105,7 @@ class LiveRouter(Runnable):
     def assign(self, key: str) -> Assignment:
         arm = self.arm_for(key)
         key_hash = hashlib.sha256(f"{self.split.salt}\0{key}".encode("utf-8")).hexdigest()[:16]
-        return Assignment(self.experiment, arm, self.versions[arm], key_hash)
+        return Assignment(self.experiment, arm, self.versions[arm], key_hash, self.control)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         assignment = self.assign(self.key_of(config))
