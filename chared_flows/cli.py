@@ -237,6 +237,24 @@ def cmd_promote(args: argparse.Namespace) -> int:
     print(f"{args.run_id}/{args.variant} -> {result.model_uri} {state}{alias}: {combo.describe()} "
           f"{combo.content_hash[:19]}", file=sys.stderr)
     print(f"models:/{args.name}@{args.alias}" if args.alias else result.model_uri)
+    return publish_release(combo, args.alias, result.model_uri)
+
+
+def publish_release(combo, alias: str | None, model_uri: str) -> int:
+    """With PromptLayer configured, the template version gets the alias as its release label."""
+    from chared_flows.tracking.promptlayer import API_KEY_ENV
+
+    if not alias or not os.environ.get(API_KEY_ENV):
+        return 0
+    from chared_flows.combinations.live_promptlayer import publish_release as publish
+
+    try:
+        publish(combo, alias, model_uri)
+    except CharedError as exc:
+        print(f"error: {' '.join(str(exc).split())}; {model_uri} is registered; run the same `chared promote` "
+              "again to publish the label", file=sys.stderr)
+        return EXIT_TRACKING
+    print(f"promptlayer: {combo.template.ref} published with release label {alias!r}", file=sys.stderr)
     return 0
 
 

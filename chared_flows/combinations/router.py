@@ -44,7 +44,8 @@ class Assignment:
     version: str
     key_hash: str
     control: str = ""
-    trace_id: str | None = None
+    trace_id: str | None = None  # the MLflow trace (the id feedback takes), when MLflow records
+    ids: tuple[tuple[str, Any], ...] = ()  # (recorder name, its id of this call): e.g. a PromptLayer request id
 
 
 class LiveRouter(Runnable):
@@ -70,7 +71,7 @@ class LiveRouter(Runnable):
         self.recorders = list(recorders) if recorders is not None else []
         self.guard, self.guard_metric = guard, guard_metric
         self.stopped: dict | None = None  # set once a guard sent all traffic back to the control arm
-        self._trace_arms: OrderedDict[str, str] = OrderedDict()
+        self._trace_arms: OrderedDict[str, Assignment] = OrderedDict()
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -118,10 +119,11 @@ class LiveRouter(Runnable):
             output = self.arms[assignment.arm].invoke(input, inner, **kwargs)
             for handle in handles:
                 handle["output"] = output if isinstance(output, (str, dict)) else str(output)
-        trace_id = next((h.get("trace_id") for h in handles if h.get("trace_id")), None)
-        assignment = Assignment(**{**assignment.__dict__, "trace_id": trace_id})
+        ids = tuple((r.name, h.get("trace_id") or h.get("id")) for r, h in zip(self.recorders, handles))
+        trace_id = next((i for _name, i in ids if i is not None), None)
+        assignment = Assignment(**{**assignment.__dict__, "trace_id": trace_id, "ids": ids})
         if trace_id is not None:
-            self._remember(trace_id, assignment.arm)
+            self._remember(str(trace_id), assignment)
         self._local.last = assignment
         return output
 
@@ -129,22 +131,26 @@ class LiveRouter(Runnable):
         """This thread's last routed call: its arm, version and trace id (for feedback)."""
         return getattr(self._local, "last", None)
 
-    def _remember(self, trace_id: str, arm: str) -> None:
+    def _remember(self, trace_id: str, assignment: Assignment) -> None:
         with self._lock:
-            self._trace_arms[trace_id] = arm
+            self._trace_arms[trace_id] = assignment
             while len(self._trace_arms) > _REMEMBERED_TRACES:
                 self._trace_arms.popitem(last=False)
 
     # --- feedback and the guard -------------------------------------------------
 
-    def feedback(self, trace_id: str, name: str, value: Any, source: str | None = None) -> None:
-        """Send a user's score to every recorder; the guard watches its metric."""
+    def feedback(self, trace_id: Any, name: str, value: Any, source: str | None = None) -> None:
+        """Send a user's score on a routed call (its trace id) to every recorder; the guard watches its metric.
+
+        Each recorder gets its own id of that call (an MLflow trace id, a PromptLayer request id);
+        a call this router does not remember goes to every recorder under the id given.
+        """
+        assignment = self._trace_arms.get(str(trace_id))
+        ids = dict(assignment.ids) if assignment is not None else {}
         for recorder in self.recorders:
-            recorder.feedback(trace_id, name, value, source)
-        if self.guard is not None and name == self.guard_metric:
-            arm = self._trace_arms.get(trace_id)
-            if arm is not None:
-                self.observe(arm, float(value))
+            recorder.feedback(ids.get(recorder.name, trace_id), name, value, source)
+        if self.guard is not None and name == self.guard_metric and assignment is not None:
+            self.observe(assignment.arm, float(value))
 
     def observe(self, arm: str, value: float) -> None:
         """Feed the guard one value of its metric (feedback() does this for routed calls)."""
