@@ -111,3 +111,29 @@ def test_cli_live_report_prints_the_same_numbers(store, capsys, tmp_path):
     assert "--since 'yesterday' is neither" in capsys.readouterr().err
     assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
     assert main(["ab", "--live", "exp-1", "--since", "2999-01-01T00:00"]) == 2  # nothing that recent
+
+
+def test_router_from_registry_routes_to_registered_versions(tiny_dirs, tmp_path, store):
+    import mlflow
+
+    from chared_flows.combinations.evidence import combination_from_run
+    from chared_flows.combinations.registry import promote
+    from tests.unit.combinations.conftest import PROMPT, write_run
+
+    combo = combination_from_run(write_run(tmp_path / "r1", tiny_dirs), "mix")
+    promote(combo, "live-combo", alias="champion")
+    challenger = combo.model_copy(update={"decoding": combo.decoding.replace(weights=[0.2, 0.8])})
+    promote(challenger, "live-combo", alias="challenger")
+    live = LiveRouter.from_registry(
+        "exp-reg", {"champion": ("models:/live-combo@champion", 0.5), "challenger": ("models:/live-combo@challenger", 0.5)},
+        control="champion", tracking_uri=store)
+    arms = set()
+    for user in ("u1", "u2", "u3", "u4", "u5", "u6"):
+        text = live.invoke(PROMPT, config={"configurable": {"user_id": user}})
+        a = live.last_assignment()
+        arms.add(a.arm)
+        assert isinstance(text, str)
+        version = {"champion": "1", "challenger": "2"}[a.arm]
+        assert mlflow.get_trace(a.trace_id).info.tags["chared.live.version"] == \
+            f"models:/live-combo@{a.arm} (version {version})"
+    assert arms == {"champion", "challenger"}
