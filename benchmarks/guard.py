@@ -37,7 +37,7 @@ def main() -> None:
         started = time.perf_counter()
         rate = simulate(n_per_arm=args.n, runs=args.runs, **setting, **options)
         half = 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / args.runs)
-        print(f"  {label:<44} stopped {rate:6.3f} (+-{half:.3f})  [{time.perf_counter() - started:.0f} s]")
+        print(f"  {label:<44} stopped {rate:6.3f} (+-{half:.3f})  [{time.perf_counter() - started:.1f} s]")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ p-values are Holm-corrected over every comparison of the report.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
@@ -72,22 +73,27 @@ def _binary(values: np.ndarray) -> bool:
 def compare_two(challenger: np.ndarray, control: np.ndarray, alpha: float = ALPHA) -> dict:
     """diff = mean(challenger) - mean(control), its interval and p-value, by the metric's kind."""
     if _binary(challenger) and _binary(control):
-        from scipy.stats import fisher_exact
-        from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
-
         k1, n1, k0, n0 = int(challenger.sum()), len(challenger), int(control.sum()), len(control)
-        low, high = confint_proportions_2indep(k1, n1, k0, n0, method="agresti-caffo", compare="diff",
-                                              alpha=alpha)
-        test = test_proportions_2indep(k1, n1, k0, n0, method="agresti-caffo", compare="diff")
-        _, p_fisher = fisher_exact([[k1, n1 - k1], [k0, n0 - k0]])
-        return {"method": "Agresti-Caffo", "diff": k1 / n1 - k0 / n0, "ci_low": float(low),
-                "ci_high": float(high), "p": float(test.pvalue), "p_fisher": float(p_fisher)}
+        with warnings.catch_warnings():  # subtle: statsmodels also computes an odds ratio, 1/0 at 6 of 6
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return _proportions(k1, n1, k0, n0, alpha)
     from scipy.stats import ttest_ind
 
     result = ttest_ind(challenger, control, equal_var=False)
     interval = result.confidence_interval(1 - alpha)
     return {"method": "Welch t", "diff": float(challenger.mean() - control.mean()), "ci_low": float(interval.low),
             "ci_high": float(interval.high), "p": float(result.pvalue)}
+
+
+def _proportions(k1: int, n1: int, k0: int, n0: int, alpha: float) -> dict:
+    from scipy.stats import fisher_exact
+    from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
+
+    low, high = confint_proportions_2indep(k1, n1, k0, n0, method="agresti-caffo", compare="diff", alpha=alpha)
+    test = test_proportions_2indep(k1, n1, k0, n0, method="agresti-caffo", compare="diff")
+    _, p_fisher = fisher_exact([[k1, n1 - k1], [k0, n0 - k0]])
+    return {"method": "Agresti-Caffo", "diff": k1 / n1 - k0 / n0, "ci_low": float(low), "ci_high": float(high),
+            "p": float(test.pvalue), "p_fisher": float(p_fisher)}
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -140,7 +146,7 @@ def format_report(report: LiveReport) -> str:
     for c in report.comparisons:
         lines.append(f"  {c.metric}: {c.challenger} - {c.control} = {c.diff:+.4g} "
                      f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.method}) p={c.p:.3g} p_holm={c.p_holm:.3g}"
-                     f" -> {c.verdict}")
+                     + (f" p_fisher={c.p_fisher:.3g}" if c.p_fisher is not None else "") + f" -> {c.verdict}")
     if not report.comparisons:
         lines.append("  no comparison yet: each arm needs at least 2 feedback values of a metric")
     return "\n".join(lines)
