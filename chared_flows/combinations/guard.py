@@ -23,8 +23,8 @@ from chared_flows.errors import ConfigError
 
 
 def msprt_lambda(d: float, v: float, tau: float, theta0: float) -> float:
-    if v <= 0:
-        return 0.0
+    if v <= 0:  # both arms constant so far: the difference is known exactly
+        return math.inf if d != theta0 else 0.0
     t2 = tau * tau
     return math.sqrt(v / (v + t2)) * math.exp(min(700.0, t2 * (d - theta0) ** 2 / (2 * v * (v + t2))))
 

@@ -77,11 +77,11 @@ def test_a_guard_sends_all_traffic_back_to_control_when_the_challenger_is_worse(
             break
         live.invoke("q", config={"configurable": {"user_id": user}})
         a = live.last_assignment()
-        live.feedback(a.trace_id, "ok", 1.0 if a.arm == "champion" else 0.0 if user[-1] in "0123456" else 1.0)
+        live.feedback(a.trace_id, "ok", 1.0 if a.arm == "champion" else 0.0)
     assert live.stopped and live.stopped["challenger"] == "challenger" and live.stopped["difference"] < 0
-    arms = {live.split.arm_of(u) for u in users}
-    assert arms == {"champion", "challenger"}
-    for user in users:
+    after = users[:20]
+    assert {live.split.arm_of(u) for u in after} == {"champion", "challenger"}  # the split alone would use both
+    for user in after:
         live.invoke("q", config={"configurable": {"user_id": user}})
         assert live.last_assignment().arm == "champion"
     tags = mlflow.MlflowClient(store).get_experiment("0").tags

@@ -85,6 +85,17 @@ def test_guard_stops_a_worse_challenger_and_rarely_a_same_one():
     assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 100)  # alpha plus Monte-Carlo error
 
 
+def test_guard_stops_when_both_arms_are_constant_and_the_challenger_lower():
+    guard = Guard("a", "b", min_samples=3)
+    for _ in range(3):
+        guard.observe("a", 1.0)
+        guard.observe("b", 1.0)
+    assert not guard.stopped  # equal constants: no evidence either way
+    other = Guard("a", "b", min_samples=3)
+    stops = [other.observe("a", 1.0) or other.observe("b", 0.0) for _ in range(3)]
+    assert stops == [False, False, True] and other.stopped_at["difference"] == -1.0
+
+
 def test_guard_checks_its_settings():
     with pytest.raises(ConfigError, match="alpha 1.5"):
         Guard("a", "b", alpha=1.5)
