@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +22,17 @@ from chared_flows.decoding.config import DecodeConfig
 from chared_flows.errors import ConfigError
 
 FORMAT = 1
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
+
+
+def parse_uri(uri: str) -> tuple[str, str | None, int | None]:
+    """(name, alias, version) of models:/NAME@ALIAS or models:/NAME/VERSION."""
+    match = _URI.match(uri or "") if isinstance(uri, str) else None
+    if not match:
+        raise ConfigError(f"registry URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION, "
+                          "e.g. models:/my-combo@champion")
+    version = match["version"]
+    return match["name"], match["alias"], None if version is None else int(version)
 
 
 class TemplateRef(BaseModel):

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chared_flows.combinations.combination import Combination
+from chared_flows.combinations.combination import Combination, parse_uri
 from chared_flows.errors import ConfigError, TrackingError
 from chared_flows.tracking.mlflow import _global_tracking_uri, _local_artifact_root, _mlflow, make_client
 
 CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")
 EXPERIMENT = "chared-combinations"
 HASH_TAG = "chared.content_hash"
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -50,16 +49,6 @@ class Registered:
     @property
     def where(self) -> str:
         return f"{self.uri} (version {self.version})"
-
-
-def parse_uri(uri: str) -> tuple[str, str | None, int | None]:
-    """(name, alias, version) of models:/NAME@ALIAS or models:/NAME/VERSION."""
-    match = _URI.match(uri or "") if isinstance(uri, str) else None
-    if not match:
-        raise ConfigError(f"registry URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION, "
-                          "e.g. models:/my-combo@champion")
-    version = match["version"]
-    return match["name"], match["alias"], None if version is None else int(version)
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 3.0) -> None:
@@ -245,6 +234,7 @@ def resolve_version(client, uri: str) -> tuple[str, int]:
 
 def load_combination(uri: str, tracking_uri: str | None = None) -> Registered:
     """The combination registered at `uri` (models:/NAME@ALIAS or models:/NAME/N), read from its MLmodel."""
+    parse_uri(uri)  # a malformed URI is one line before any connection
     mlflow = _mlflow()
     client, store = _client(tracking_uri)
     name, version = resolve_version(client, uri)

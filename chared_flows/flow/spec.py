@@ -69,7 +69,7 @@ class VariantConfig(BaseModel):
         if (self.models is None) == (self.combination is None):
             raise ValueError(f"variant {self.name!r} needs exactly one of models: [...] or combination: models:/NAME@ALIAS")
         if self.combination is not None:
-            from chared_flows.combinations.registry import parse_uri
+            from chared_flows.combinations.combination import parse_uri
 
             parse_uri(self.combination)
             given = [k for k in ("weights", "weights_sweep", "mode", "rule") if getattr(self, k) is not None]

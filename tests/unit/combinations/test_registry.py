@@ -139,3 +139,25 @@ def test_cli_promote_and_generate_with_a_combination(combo, store, tiny_dirs, tm
     assert "--weights would change the combination" in capsys.readouterr().err
     assert main(["promote", "r1", "nope", "--name", "cli-combo"]) == 2
     assert capsys.readouterr().err.startswith("error: run 'r1' has no variant 'nope'")
+
+
+def test_generate_with_a_bad_combination_is_one_line(capsys):
+    from chared_flows.cli import main
+    from tests.support.mlflow_server import free_port
+
+    assert main(["generate", "hi", "--combination", "runs:/abc/model"]) == 2
+    assert "error: registry URI 'runs:/abc/model' is not models:/NAME@ALIAS" in capsys.readouterr().err
+    assert main(["generate", "hi", "--combination", "models:/c@champion", "--models", "smollm2"]) == 2
+    assert "--models and --combination contradict" in capsys.readouterr().err
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"], before = f"http://127.0.0.1:{free_port()}", os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        assert main(["generate", "hi", "--combination", "models:/c@champion"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "unreachable" in err
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
