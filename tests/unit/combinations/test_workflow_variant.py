@@ -49,3 +49,21 @@ def test_bad_combination_variants_are_one_line(tiny_dirs, tmp_path, store):
         workflow(tmp_path / "c", "  - {name: x, combination: 'c@champion'}\n").resolve("w")
     with pytest.raises(ConfigError, match="no registered model 'c'"):
         workflow(tmp_path / "d", "  - {name: x, combination: 'models:/c@champion'}\n").resolve("w")
+
+
+def test_chared_run_decodes_a_combination_variant_as_registered(tiny_dirs, tmp_path, store, monkeypatch, capsys):
+    import json
+
+    from chared_flows.cli import main
+    from chared_flows.combinations.registry import load_combination
+
+    combo = combination_from_run(write_run(tmp_path / "r1", tiny_dirs), "mix")
+    promote(combo, "tiny-combo", alias="champion")
+    workflow(tmp_path / "p", "  - {name: champion, combination: 'models:/tiny-combo@champion'}\n")
+    monkeypatch.chdir(tmp_path / "p")
+    assert main(["run", "w", "--run-id", "c1", "--no-track", "--no-progress", "--batch-size", "1"]) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "p" / "runs" / "c1" / "records.jsonl").read_text().splitlines()]
+    run = json.loads((tmp_path / "p" / "runs" / "c1" / "run.json").read_text())["run"]
+    assert run["variants"][0]["combination"] == "models:/tiny-combo@champion (version 1)"
+    expected = load_combination("models:/tiny-combo@champion").combination.ensemble().generate(record["prompt"]).text
+    assert record["error"] is None and record["output"] == expected
