@@ -154,9 +154,12 @@ def read_prompt(arg: str, escapes: bool = False) -> str:
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="decode PROMPT with one model or a CharED ensemble, streaming")
     p.add_argument("prompt", help="the prompt text ('-' reads it from stdin, as UTF-8)")
-    p.add_argument("--models", default="smollm2,gemma3-270m",
+    p.add_argument("--models", default=None,
                    help="comma-separated member specs: an alias (smollm2, gemma3-270m), a HF model "
                         "directory, a .gguf file or a hub id (default: smollm2,gemma3-270m)")
+    p.add_argument("--combination", metavar="URI",
+                   help="decode with a registered combination, e.g. models:/NAME@champion (its members, weights "
+                        "and decoding; only per-call flags such as --max-new-chars may change it)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in each member's chat template")
     p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("-e", "--escapes", action="store_true",
@@ -169,7 +172,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from chared_flows.decoding import DecodeConfig, Ensemble, Member
 
-    specs = parse_list(args.models, "models") or []
+    if args.combination:
+        return generate_combination(args)
+    specs = parse_list(args.models or "smollm2,gemma3-270m", "models") or []
     config = DecodeConfig.build(**decoding_values(args))  # every value checked before any model loads
     if config.weights is not None and len(config.weights) != len(specs):
         raise ConfigError(f"--weights has {len(config.weights)} values for {len(specs)} models ({', '.join(specs)})")
@@ -180,6 +185,80 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(chunk)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def generate_combination(args: argparse.Namespace) -> int:
+    from chared_flows.combinations.registry import load_combination
+    from chared_flows.decoding import Ensemble
+    from chared_flows.decoding.config import CALL_FIELDS
+
+    if args.models:
+        raise ConfigError("--models and --combination contradict each other; a combination names its own members")
+    values = decoding_values(args)
+    fixed = sorted(k for k in values if k not in CALL_FIELDS)
+    if fixed:
+        raise ConfigError(f"--{fixed[0].replace('_', '-')} would change the combination {args.combination}; "
+                          f"per call you may set only: {', '.join('--' + f.replace('_', '-') for f in CALL_FIELDS)}")
+    registered = load_combination(args.combination)
+    combo = registered.combination
+    config = combo.decoding.replace(**values)
+    prompt = read_prompt(args.prompt)
+    members = combo.load_members(device=args.device, where=registered.where)
+    if args.chat:
+        members = [m.with_chat(True) for m in members]
+    print(f"{registered.where}: {combo.describe()}", file=sys.stderr)
+    for chunk in Ensemble(members, config).start_stream(prompt):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+# --- promote ----------------------------------------------------------------------
+
+
+def add_promote(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("promote", help="register a variant of an A/B run as a versioned combination in MLflow's "
+                                       "Model Registry (models:/NAME@ALIAS)")
+    p.add_argument("run_id", metavar="RUN_ID", help="the A/B run (a directory under --out)")
+    p.add_argument("variant", metavar="VARIANT", help="the variant of that run to ship")
+    p.add_argument("--name", required=True, help="the registered model's name")
+    p.add_argument("--alias", help="point this alias at the version, e.g. champion")
+    p.add_argument("--force", action="store_true", help="promote even if the variant has error rows")
+    p.add_argument("--out", default="runs", help="directory of run results (default: ./runs)")
+    p.set_defaults(handler=cmd_promote)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from chared_flows.combinations.evidence import combination_from_run
+    from chared_flows.combinations.registry import promote
+
+    combo = combination_from_run(Path(args.out) / args.run_id, args.variant, template_store(args), force=args.force)
+    result = promote(combo, args.name, alias=args.alias)
+    state = "registered" if result.created else "already registered (same content)"
+    alias = f", alias {args.alias!r}" if args.alias else ""
+    print(f"{args.run_id}/{args.variant} -> {result.model_uri} {state}{alias}: {combo.describe()} "
+          f"{combo.content_hash[:19]}", file=sys.stderr)
+    print(f"models:/{args.name}@{args.alias}" if args.alias else result.model_uri)
+    return publish_release(combo, args.alias, result.model_uri)
+
+
+def publish_release(combo, alias: str | None, model_uri: str) -> int:
+    """With PromptLayer configured, the template version gets the alias as its release label."""
+    from chared_flows.tracking.promptlayer import API_KEY_ENV
+
+    if not alias or not os.environ.get(API_KEY_ENV):
+        return 0
+    from chared_flows.combinations.live_promptlayer import publish_release as publish
+
+    try:
+        publish(combo, alias, model_uri)
+    except CharedError as exc:
+        print(f"error: {' '.join(str(exc).split())}; {model_uri} is registered; run the same `chared promote` "
+              "again to publish the label", file=sys.stderr)
+        return EXIT_TRACKING
+    print(f"promptlayer: {combo.template.ref} published with release label {alias!r}", file=sys.stderr)
     return 0
 
 
@@ -440,6 +519,11 @@ def add_ab(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--effect", action="append", default=[], metavar="METRIC=VALUE",
                    help="the difference worth detecting on METRIC, for the report's samples-needed column "
                         "(repeatable; default: 0.05 for 0/1 metrics, else 5%% of the best single model's mean)")
+    live = p.add_argument_group("live A/B (`chared ab --live EXPERIMENT`): the report from a LiveRouter's traces")
+    live.add_argument("--live", action="store_true",
+                      help="read WORKFLOW as a live experiment's name and report on its MLflow traces and feedback")
+    live.add_argument("--since", help="only traces since this time: ISO (2026-12-02T10:00, UTC) or an age (24h, 7d)")
+    live.add_argument("--control", help="the control arm (default: the one the router recorded)")
     p.set_defaults(handler=cmd_ab)
 
 
@@ -461,6 +545,10 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from chared_flows.evaluation.ab import compare, summary_entries
     from chared_flows.reports import verdict_table_text, write_report
 
+    if args.live:
+        return ab_live(args)
+    if args.since or args.control:
+        raise ConfigError("--since and --control apply to a live experiment; add --live")
     effects = parse_effects(args.effect)
     made: dict[str, Any] = {}
 
@@ -486,6 +574,22 @@ def cmd_ab(args: argparse.Namespace) -> int:
         print()
         print(verdict_table_text(made["ab"]))
     return report_failed_variants(runner, code)
+
+
+def ab_live(args: argparse.Namespace) -> int:
+    """`chared ab --live EXPERIMENT`: unpaired comparisons of each arm with the control, from MLflow traces."""
+    from chared_flows.combinations.live import parse_since, report_from_traces
+    from chared_flows.combinations.live_stats import format_report
+
+    report, n = report_from_traces(args.workflow, parse_since(args.since), args.control)
+    print(f"{n} traces of live experiment {args.workflow!r}", file=sys.stderr)
+    print(format_report(report))
+    if args.report_dir:
+        out = Path(args.report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "live.json").write_text(json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8")
+        print(f"report: {(out / 'live.json').resolve()}")
+    return 0
 
 
 # --- sync -------------------------------------------------------------------------
@@ -721,7 +825,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_generate, add_run, add_ab, add_sync, add_templates, add_workflows, add_ui,
+    add_generate, add_run, add_ab, add_promote, add_sync, add_templates, add_workflows, add_ui,
 ]
 
 

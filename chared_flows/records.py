@@ -26,6 +26,8 @@ class VariantSpec:
     decoding: dict[str, Any] = field(default_factory=dict)
     # One per member, e.g. ("byte_level", "sentencepiece") (decoding/vocab.py); logged as a param.
     tokenizer_families: tuple[str, ...] = ()
+    # A variant read from the model registry: where from, e.g. "models:/NAME@champion (version 3)".
+    combination: str = ""
 
     @property
     def is_single(self) -> bool:

@@ -1,6 +1,7 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
 from chared_flows.decoding.backends.checks import check_model_spec
+from chared_flows.decoding.backends.fingerprints import fingerprint as model_fingerprint
 from chared_flows.decoding.backends.protocol import Backend, FactoryBackend, TokenRunner
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.decoding.decoder import (
@@ -26,6 +27,7 @@ __all__ = [
     "TokenRunner",
     "argv_text",
     "cancellable",
+    "model_fingerprint",
     "check_prompt",
     "decode_utf8",
     "unescape",

@@ -50,7 +50,8 @@ def preflight(
     resolved = store.resolve_loaded(spec, path, locate)
     check = check_model or check_model_spec
     for i, variant in enumerate(spec.variants):
-        for j, model in enumerate(variant.models):
+        # a combination variant's members were checked when it resolved (files and fingerprints)
+        for j, model in enumerate(variant.models or []):
             try:
                 check(model)
             except CharedError as exc:

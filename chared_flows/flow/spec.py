@@ -47,12 +47,18 @@ def _set_values(params: BaseModel) -> dict[str, Any]:
 
 
 class VariantConfig(BaseModel):
-    """One `variants:` entry as written in the file (before sweep expansion)."""
+    """One `variants:` entry as written in the file (before sweep expansion).
+
+    Either `models` (with weights, mode, rule, decoding) or `combination: "models:/NAME@ALIAS"`:
+    a combination from the model registry decodes exactly as registered (members, weights and
+    its complete decoding), so a challenger is tested against what is deployed.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=_NAME)
-    models: list[str] = Field(min_length=1)
+    models: list[str] | None = Field(default=None, min_length=1)
+    combination: str | None = Field(default=None, description="a registered combination, models:/NAME@ALIAS")
     weights: list[float] | None = None
     weights_sweep: list[float | list[float]] | None = Field(default=None, min_length=1)
     mode: Literal["chared", "exact"] | None = None
@@ -61,6 +67,18 @@ class VariantConfig(BaseModel):
 
     @model_validator(mode="after")
     def _weights_fit_models(self) -> "VariantConfig":
+        if (self.models is None) == (self.combination is None):
+            raise ValueError(f"variant {self.name!r} needs exactly one of models: [...] or combination: models:/NAME@ALIAS")
+        if self.combination is not None:
+            from chared_flows.combinations.combination import parse_uri
+
+            parse_uri(self.combination)
+            given = [k for k in ("weights", "weights_sweep", "mode", "rule") if getattr(self, k) is not None]
+            given += ["decoding"] if _set_values(self.decoding) else []
+            if given:
+                raise ValueError(f"variant {self.name!r} sets {', '.join(given)} beside combination; a registered "
+                                 "combination decodes exactly as registered: remove them")
+            return self
         n = len(self.models)
         if self.decoding.weights is not None:
             raise ValueError(
@@ -95,8 +113,16 @@ class VariantConfig(BaseModel):
         elif not 0.0 <= point <= 1.0:  # subtle: NaN fails this comparison too, as it should
             raise ValueError(f"variant {self.name!r}: sweep weight {point} must lie in [0, 1]")
 
+    def names(self) -> list[str]:
+        """The expanded variants' names (without resolving a combination)."""
+        if self.weights_sweep is None:
+            return [self.name]
+        return [f"{self.name}-w{_label(p)}" for p in self.weights_sweep]
+
     def expand(self, defaults: BaseModel) -> list[VariantSpec]:
         """One VariantSpec per weighting, each checked by the engine's DecodeConfig."""
+        if self.combination is not None:
+            return [combination_variant(self.name, self.combination)]
         decoding = {**_set_values(defaults), **_set_values(self.decoding)}
         if self.mode is not None:
             decoding["mode"] = self.mode
@@ -129,7 +155,6 @@ class VariantConfig(BaseModel):
             decoding=call,
         )
 
-
     def _origin(self, exc: ValidationError) -> tuple[str, ...]:
         """Where the first bad value was written: () for this variant, ("decoding", field) for a workflow default."""
         loc = exc.errors()[0]["loc"] if exc.errors() else ()
@@ -137,6 +162,21 @@ class VariantConfig(BaseModel):
         mine = set(_set_values(self.decoding)) | {"weights"}
         mine |= {name for name in ("mode", "rule") if getattr(self, name) is not None}
         return () if not field or field in mine else ("decoding", field)
+
+
+def combination_variant(name: str, uri: str) -> VariantSpec:
+    """The variant a registered combination decodes as; its member files are checked now."""
+    from chared_flows.combinations.registry import load_combination
+
+    registered = load_combination(uri)
+    combo = registered.combination
+    combo.verify(where=registered.where)
+    config = combo.decoding
+    call = {k: v for k, v in config.model_dump().items() if k not in ("weights", "mode", "rule")}
+    call["stop"] = list(call["stop"])
+    call["chat"] = combo.chat
+    return VariantSpec(name=name, members=tuple(combo.members), weights=config.weights, mode=config.mode,
+                       rule=config.rule, decoding=call, combination=registered.where)
 
 
 def _label(point: float | list[float]) -> str:
@@ -194,17 +234,18 @@ class WorkflowSpec(BaseModel):
     @model_validator(mode="after")
     def _variant_names_unique(self) -> "WorkflowSpec":
         seen: set[str] = set()
+        # subtle: expanding checks every models variant's DecodeConfig here, inside validation, so a
+        # bad value is a located error; a combination is resolved (registry, files) only on resolve.
         for i, config in enumerate(self.variants):
             try:
-                variants = config.expand(self.decoding)
+                names = config.names() if config.combination else [v.name for v in config.expand(self.decoding)]
             except KeyedValueError as exc:  # a bad workflow default points at its own line
                 raise KeyedValueError(str(exc), exc.loc or ("variants", i)) from None
-            for variant in variants:
-                if variant.name in seen:
-                    raise KeyedValueError(
-                        f"two variants are named {variant.name!r}; variant names must be unique", ("variants", i)
-                    )
-                seen.add(variant.name)
+            for name in names:
+                if name in seen:
+                    raise KeyedValueError(f"two variants are named {name!r}; variant names must be unique",
+                                          ("variants", i))
+                seen.add(name)
         return self
 
     def expanded_variants(self) -> list[VariantSpec]:

@@ -97,6 +97,8 @@ class CharEDParams(DecodeFields):
         default="cpu",
         description="where the members' models run: cpu, cuda, cuda:N, mps or auto (Member.load's device)",
     )
+    # Set by from_registry: where the combination came from, e.g. "models:/NAME@champion (version 3)".
+    registry_source: str | None = Field(default=None, description="the registry version this model was loaded from")
     # Already loaded Member objects, used instead of loading `models` (tests, custom models).
     # Excluded from serialisation; their names replace `models` in the identifying params.
     preloaded_members: list[Any] | None = Field(default=None, exclude=True, repr=False)
@@ -111,6 +113,25 @@ class CharEDParams(DecodeFields):
                 "give exactly one weight per member"
             )
         return self
+
+    @classmethod
+    def from_registry(cls, uri: str, *, tracking_uri: str | None = None, **overrides: Any):
+        """The combination registered at `uri` (models:/NAME@ALIAS or models:/NAME/N) as this model.
+
+        Its members, weights and decoding come from the registry; each member's files are checked
+        against the fingerprints recorded at promotion (a changed member is refused). `overrides`
+        set other fields (e.g. device, or per-call defaults such as max_new_chars).
+        """
+        from chared_flows.combinations.registry import load_combination
+
+        registered = load_combination(uri, tracking_uri)
+        combo = registered.combination
+        combo.verify(where=registered.where)
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in combo.decoding.model_dump().items()}
+        fields = {**fields, "models": list(combo.members), "chat": combo.chat, "registry_source": registered.where}
+        # subtle: ChatCharED takes max_new_chars only under its alias max_tokens
+        fields = {(cls.model_fields[k].alias or k): v for k, v in fields.items()}
+        return cls(**{**fields, **overrides})
 
     def decode_config(self) -> DecodeConfig:
         return DecodeConfig.build(**{name: getattr(self, name) for name in DecodeFields.model_fields})

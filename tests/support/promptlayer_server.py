@@ -122,6 +122,7 @@ class FakePromptLayer:
                     "id": len(self.templates), "prompt_name": name, "version": len(versions) + 1,
                     "prompt_template": version["prompt_template"], "metadata": version.get("metadata") or {},
                     "commit_message": version.get("commit_message", ""), "tags": template.get("tags", []),
+                    "release_labels": body.get("release_labels") or [],
                 }
                 versions.append(stored)
             return 201, {**stored, "version_number": stored["version"]}

@@ -1,0 +1,70 @@
+"""The Combination object: content address, JSON round trip, fingerprints refusing changed files."""
+
+from __future__ import annotations
+
+import pytest
+
+from chared_flows.combinations.combination import Combination, make_combination
+from chared_flows.combinations.evidence import combination_from_run
+from chared_flows.decoding import model_fingerprint as fingerprint
+from chared_flows.decoding import DecodeConfig
+from chared_flows.errors import ConfigError, ModelLoadError
+from tests.unit.combinations.conftest import write_run
+
+
+def test_same_content_same_hash_and_evidence_does_not_count(tiny_dirs):
+    config = DecodeConfig.build(weights=[0.5, 0.5], mode="chared", max_new_chars=8)
+    a = make_combination(tiny_dirs, config, evidence={"run_id": "r1"})
+    b = make_combination(tiny_dirs, config, evidence={"run_id": "r2"})
+    assert a.content_hash == b.content_hash
+    assert make_combination(tiny_dirs, config.replace(max_new_chars=9)).content_hash != a.content_hash
+    assert make_combination(tiny_dirs, config.replace(weights=[0.6, 0.4])).content_hash != a.content_hash
+    back = Combination.from_json(a.to_json())
+    assert back == a and back.decoding == config and back.content_hash == a.content_hash
+
+
+def test_a_changed_member_file_is_refused_in_one_line(tiny_dirs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dirs[0], copy)
+    combo = make_combination([str(copy), tiny_dirs[1]], DecodeConfig.build(mode="chared"))
+    combo.verify()  # unchanged: fine
+    with (copy / "config.json").open("a") as fh:
+        fh.write("\n")
+    with pytest.raises(ConfigError, match=r"member .*copy.* changed since it was promoted") as err:
+        combo.verify()
+    assert "\n" not in str(err.value)
+
+
+def test_fingerprints_name_what_they_hash(tiny_dirs, tmp_path):
+    assert fingerprint(tiny_dirs[0]).startswith("dir:sha256:")
+    served = fingerprint(f"served:http://127.0.0.1:9?tokenizer={tiny_dirs[0]}")
+    assert served.startswith("served:sha256:") and served != fingerprint(f"served:http://127.0.0.1:8?tokenizer={tiny_dirs[0]}")
+    with pytest.raises(ModelLoadError, match="nothing-here"):
+        fingerprint(str(tmp_path / "nothing-here"))
+
+
+def test_a_run_variant_becomes_a_combination_with_evidence(tiny_dirs, tmp_path):
+    report = {"comparisons": [{"ensemble": "mix", "single": "a", "metric": "exact", "diff": 0.5}],
+              "verdicts": [{"challenger": "mix", "control": "a", "verdict": "better"}]}
+    run_dir = write_run(tmp_path / "r1", tiny_dirs, report=report)
+    combo = combination_from_run(run_dir, "mix")
+    assert combo.members == tiny_dirs and combo.decoding.weights == (0.7, 0.3)
+    assert combo.decoding.max_new_chars == 12 and combo.decoding.mode == "chared"
+    ev = combo.evidence
+    assert ev["run_id"] == "r1" and ev["variant"] == "mix"
+    assert ev["metrics"] == {"n": 2, "errors": 0, "means": {"exact": 0.5}}
+    assert ev["comparisons"][0]["diff"] == 0.5 and ev["verdicts"][0]["verdict"] == "better"
+    assert combo.template.ref == "math_answer@1" and combo.template.text == ""  # no templates dir given
+
+
+def test_error_rows_and_unknown_variants_are_refused(tiny_dirs, tmp_path):
+    run_dir = write_run(tmp_path / "r1", tiny_dirs, errors=1)
+    with pytest.raises(ConfigError, match=r"1 error row\(s\) of 2 .*--force"):
+        combination_from_run(run_dir, "mix")
+    assert combination_from_run(run_dir, "mix", force=True).evidence["metrics"]["errors"] == 1
+    with pytest.raises(ConfigError, match=r"no variant 'nope'; its variants: mix, a"):
+        combination_from_run(run_dir, "nope")
+    with pytest.raises(ConfigError, match="no A/B run"):
+        combination_from_run(tmp_path / "missing", "mix")
