@@ -18,6 +18,8 @@ from typing import Iterable
 
 import numpy as np
 
+from chared_flows.evaluation import stats as st
+
 ALPHA = 0.05
 
 
@@ -96,22 +98,6 @@ def _proportions(k1: int, n1: int, k0: int, n0: int, alpha: float) -> dict:
             "p": float(test.pvalue), "p_fisher": float(p_fisher)}
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    if not pvalues:
-        return []
-    from statsmodels.stats.multitest import multipletests
-
-    finite = [p if math.isfinite(p) else 1.0 for p in pvalues]
-    return [float(p) for p in multipletests(finite, method="holm")[1]]
-
-
-def verdict(row: LiveComparison, alpha: float, lower_is_better: bool) -> str:
-    if not math.isfinite(row.p_holm) or row.p_holm >= alpha:
-        return "no difference detected"
-    better = row.diff < 0 if lower_is_better else row.diff > 0
-    return "better" if better else "worse"
-
-
 def live_report(experiment: str, observations: Iterable[Observation], control: str, alpha: float = ALPHA,
                 lower_is_better: Iterable[str] = ()) -> LiveReport:
     """Per-arm means and every challenger-vs-control comparison, for each metric."""
@@ -132,9 +118,10 @@ def live_report(experiment: str, observations: Iterable[Observation], control: s
         stats = compare_two(np.array(values), np.array(base), alpha)
         report.comparisons.append(LiveComparison(arm, control, metric, n_challenger=len(values),
                                                  n_control=len(base), **stats))
-    for row, corrected in zip(report.comparisons, holm([c.p for c in report.comparisons])):
+    # the offline A/B's correction and verdicts (evaluation/stats.py), so both reports read alike
+    for row, corrected in zip(report.comparisons, st.holm([c.p for c in report.comparisons], alpha)):
         row.p_holm = corrected
-        row.verdict = verdict(row, alpha, row.metric in lower)
+        row.verdict = st.verdict(row.diff, corrected, row.metric in lower, alpha)
     return report
 
 
