@@ -66,23 +66,18 @@ def record_metrics(rows: list[SampleRecord]) -> dict[str, Any]:
 
 
 def report_evidence(run_dir: Path, variant: str) -> dict[str, Any]:
-    """What `chared ab`'s report says about `variant`: its comparisons and any verdicts. {} without a report."""
+    """What `chared ab`'s report (ab.json, evaluation/ab.py) says about `variant` as an ensemble:
+    its comparisons with each single model and their verdicts. {} without a report."""
     path = Path(run_dir) / AB_FILE
     if not path.is_file():
         return {}
     ab = json.loads(path.read_text(encoding="utf-8"))
-    mine = lambda row: variant in (row.get("ensemble"), row.get("single"), row.get("variant"),  # noqa: E731
-                                   row.get("a"), row.get("b"), row.get("challenger"), row.get("control"))
-    out: dict[str, Any] = {}
-    comparisons = [row for row in ab.get("comparisons", []) if isinstance(row, dict) and mine(row)]
-    if comparisons:
-        out["comparisons"] = comparisons
-    verdicts = ab.get("verdicts")
-    if isinstance(verdicts, list):
-        verdicts = [row for row in verdicts if not isinstance(row, dict) or mine(row)]
-    if verdicts:
-        out["verdicts"] = verdicts
-    return out
+    comparisons = [row for row in ab.get("comparisons", []) if isinstance(row, dict) and row.get("ensemble") == variant]
+    if not comparisons:
+        return {}
+    verdicts = {f"vs.{c['single']}.{c['metric']}": f"{c.get('verdict', '')} (p_holm {c.get('p_holm')})"
+                for c in comparisons}
+    return {"comparisons": comparisons, "verdicts": verdicts}
 
 
 def combination_from_run(run_dir: Path, variant_name: str, templates: Any = None, *, force: bool = False,

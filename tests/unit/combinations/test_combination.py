@@ -46,8 +46,9 @@ def test_fingerprints_name_what_they_hash(tiny_dirs, tmp_path):
 
 
 def test_a_run_variant_becomes_a_combination_with_evidence(tiny_dirs, tmp_path):
-    report = {"comparisons": [{"ensemble": "mix", "single": "a", "metric": "exact", "diff": 0.5}],
-              "verdicts": [{"challenger": "mix", "control": "a", "verdict": "better"}]}
+    report = {"comparisons": [{"ensemble": "mix", "single": "a", "metric": "exact", "diff": 0.5, "p_holm": 0.01,
+                               "verdict": "better"},
+                              {"ensemble": "other", "single": "a", "metric": "exact", "diff": 0.1}]}
     run_dir = write_run(tmp_path / "r1", tiny_dirs, report=report)
     combo = combination_from_run(run_dir, "mix")
     assert combo.members == tiny_dirs and combo.decoding.weights == (0.7, 0.3)
@@ -55,7 +56,8 @@ def test_a_run_variant_becomes_a_combination_with_evidence(tiny_dirs, tmp_path):
     ev = combo.evidence
     assert ev["run_id"] == "r1" and ev["variant"] == "mix"
     assert ev["metrics"] == {"n": 2, "errors": 0, "means": {"exact": 0.5}}
-    assert ev["comparisons"][0]["diff"] == 0.5 and ev["verdicts"][0]["verdict"] == "better"
+    assert [c["diff"] for c in ev["comparisons"]] == [0.5]  # the variant's own comparisons only
+    assert ev["verdicts"] == {"vs.a.exact": "better (p_holm 0.01)"}
     assert combo.template.ref == "math_answer@1" and combo.template.text == ""  # no templates dir given
 
 

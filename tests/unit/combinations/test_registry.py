@@ -12,7 +12,7 @@ from tests.unit.combinations.conftest import PROMPT, write_run
 
 @pytest.fixture()
 def combo(tiny_dirs, tmp_path):
-    report = {"verdicts": [{"challenger": "mix", "control": "a", "verdict": "better"}]}
+    report = {"comparisons": [{"ensemble": "mix", "single": "a", "metric": "exact", "p_holm": 0.01, "verdict": "better"}]}
     return combination_from_run(write_run(tmp_path / "r1", tiny_dirs, report=report), "mix")
 
 
@@ -28,7 +28,7 @@ def test_promote_registers_once_with_alias_and_evidence_tags(combo, store):
     tags = version.tags
     assert int(version.version) == 1 and tags["chared.content_hash"] == combo.content_hash
     assert tags["chared.evidence.run_id"] == "r1" and tags["chared.evidence.variant"] == "mix"
-    assert tags["chared.metric.exact"] == "0.5" and '"better"' in tags["chared.verdicts"]
+    assert tags["chared.metric.exact"] == "0.5" and '"vs.a.exact": "better (p_holm 0.01)"' in tags["chared.verdicts"]
     assert len(client.search_model_versions("name = 'tiny-combo'")) == 1
 
 
