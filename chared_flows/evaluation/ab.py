@@ -31,6 +31,8 @@ from chared_flows.evaluation import stats as st
 from chared_flows.records import SampleRecord, VariantSpec
 
 TIMING = ("latency_s", "chars_per_s", "forward_passes")
+# Timings that change with the number of pairs decoding side by side (forward passes do not).
+BATCH_SENSITIVE = ("latency_s", "chars_per_s")
 # Metrics where a smaller value is the better one (reports say so next to the numbers).
 LOWER_IS_BETTER = frozenset({"bits_per_char", "bits_per_byte", "latency_s", "forward_passes"})
 # Metrics that cannot be negative: a t interval of their mean is cut at 0 (3 texts of very
@@ -113,7 +115,7 @@ def _values(records: Iterable[SampleRecord], metric: str) -> dict[str, dict[str,
     alone = {r.variant for r in records if r.batch_size == 1}
     table: dict[str, dict[str, float]] = {}
     for r in records:
-        if metric in TIMING and r.variant in alone and r.batch_size != 1:
+        if metric in BATCH_SENSITIVE and r.variant in alone and r.batch_size != 1:
             continue
         value = r.scores.get(metric) if metric not in TIMING else getattr(r, metric)
         if value is None or not math.isfinite(float(value)):

@@ -152,7 +152,8 @@ def logged(uri: str, run_id: str) -> dict:
     client, _ = make_client(uri)
     experiment = client.get_experiment_by_name("chared/wide")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`chared.run_id` = '{run_id}'")
-    timing = ("latency", "chars_per_s", "wall", "duration")
+    # batch_size: a local A/B times its first samples alone, Ray actors decode theirs in batches
+    timing = ("latency", "chars_per_s", "wall", "duration", "batch_size")
     children = {r.data.tags["chared.variant"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert set(children) == {"five", "mix-w0.5"}
     return {name: ({k: v for k, v in r.data.params.items() if "run_id" not in k},
