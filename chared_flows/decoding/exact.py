@@ -55,6 +55,7 @@ from chared_flows.decoding.utf8 import next_byte_mask, pending_after
 DEFAULT_BEAM_WIDTH = 8
 DEFAULT_PRUNE_THRESHOLD = 1e-3  # see the module docstring: bounds the error in bits
 DEFAULT_BACKOFF_TOKENS = 4
+ENDING_SHARE = 1e-3  # greedy: a member commits to a unit's END if this share of its mass ends there
 
 
 @dataclass
@@ -175,12 +176,41 @@ class ExactBeam:
 
     def advance(self, byte: int) -> "ExactBeam":
         """The beam one byte further: extend every path that can read it; spawn boundary paths; prune."""
+        return self._successor(self._read(byte))
+
+    def ending(self, byte: int, min_share: float) -> "ExactBeam | None":
+        """The beam one byte further *given that the current token ends at this byte*; None if it does not.
+
+        Greedy's unit in exact mode is "how the current token ends"; once a unit is
+        written, only the paths whose token ended there are the ones its probability
+        counted. The others are still inside a longer token and must write its rest:
+        kept, they are what made greedy myopic (after one "*" the paths inside "**",
+        "***", ... make "one more *" the best token end again and again, 39 stars where
+        the model's own greedy writes one line). So the unit's choice is committed:
+        this beam keeps the ended paths only, provided they hold at least `min_share`
+        of the mass that reads `byte` (below it, another member's END cut here and this
+        member would not end its token here: see decoder's ENDING_SHARE).
+        """
+        new = self._read(byte)
+        ended = [p for p in new if not p.q]
+        if not ended:
+            return None
+        weights = np.asarray([p.log_weight() for p in new])
+        share = math.exp(np.logaddexp.reduce(weights[[not p.q for p in new]]) - np.logaddexp.reduce(weights))
+        if not share >= min_share or not share > 0:
+            return None
+        return self._successor(ended)
+
+    def _read(self, byte: int) -> list[Path]:
         self._run_owed_passes()
         new: list[Path] = []
         for path in self.paths:
             if path.split.masses[byte] > 0:
                 new.extend(self._extend(path, byte))
-        beam = ExactBeam(self.session, new, self.beam_width, self.log_threshold, self.kept_log)
+        return new
+
+    def _successor(self, paths: list[Path]) -> "ExactBeam":
+        beam = ExactBeam(self.session, paths, self.beam_width, self.log_threshold, self.kept_log)
         beam.window_full, beam.reseeds = self.window_full, self.reseeds
         beam._prune()
         return beam
@@ -276,6 +306,7 @@ class ExactSource:
         self.generated = generated  # the bytes written after the prompt (re-seeding starts from them)
         self._dist: np.ndarray | None | bool = False
         self._children: dict[int, ExactSource] = {}
+        self._ended: dict[int, ExactSource] = {}  # children where greedy's unit ended (see ending)
 
     @property
     def window_full(self) -> bool:
@@ -328,8 +359,44 @@ class ExactSource:
             self._children[byte] = child
         return child
 
-    def lookahead(self) -> EnsembleRound:
-        """A round over the rest of each member's current token (greedy's unit in exact mode)."""
+    def ending(self, data: bytes) -> "ExactSource":
+        """The source after greedy's unit `data` + END: members whose token ends there commit to it.
+
+        See ExactBeam.ending. A member alone commits wherever its token can end (the
+        unit is its own choice); in an ensemble a member commits where at least
+        ENDING_SHARE of its mass ends its token at the unit's end. Subtle: any token has
+        *some* probability under a softmax, so committing wherever one ends would force
+        a member onto splits it would never write (P 1e-22) whenever another member's
+        token ended there; such a member keeps reading its own longer token.
+        """
+        source = self
+        for byte in data[:-1]:
+            source = source.advance(byte)
+        return source._ending(data[-1]) if data else source
+
+    def _ending(self, byte: int) -> "ExactSource":
+        child = self._ended.get(byte)
+        if child is None:
+            ready = self.ready_for(byte)
+            active = [k for k, b in enumerate(ready.beams) if b is not None and b.alive and self.weights[k] > 0]
+            beams = []
+            for k, beam in enumerate(ready.beams):
+                ended = None
+                if beam is not None and beam.alive:
+                    ended = beam.ending(byte, 0.0 if active == [k] else ENDING_SHARE)
+                if ended is None and beam is not None and beam.alive:
+                    ended = beam.advance(byte)
+                beams.append(beam if ended is None else ended)
+            child = ExactSource(beams, self.rule, self.weights, pending_after(self.pending, byte),
+                                self.generated + bytes([byte]))
+            self._ended[byte] = child
+        return child
+
+    def lookahead(self, origin: int = 0) -> EnsembleRound:
+        """A round over the rest of each member's current token (greedy's unit in exact mode).
+
+        `origin`: which of the step's lookaheads this is (the decoder's bookkeeping, see _next_lookahead).
+        """
         self.prepare()
         members = [None if b is None else b.lookahead() for b in self.beams]
-        return EnsembleRound(members, self.rule, self.weights, self.pending)
+        return EnsembleRound(members, self.rule, self.weights, self.pending, origin=origin)

@@ -13,7 +13,15 @@ from chared_flows.decoding.utf8 import next_byte_mask
 from chared_flows.decoding.index import EOS, NUM_OPTIONS
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.decoding.runner import UncachedRunner
-from tests.fixtures.tiny import PAD_ROWS, scripted_member, table_member, tiny_member, tiny_model, tokenizer_for
+from tests.fixtures.tiny import (
+    PAD_ROWS,
+    runs_tokenizer,
+    scripted_member,
+    table_member,
+    tiny_member,
+    tiny_model,
+    tokenizer_for,
+)
 
 NO_PRUNING = dict(beam_width=65_536, prune_threshold=0.0)
 
@@ -235,16 +243,17 @@ def test_exact_greedy_writes_a_whitespace_token_that_beats_eos_after_other_text(
     assert result.text == " 3" and result.finish_reason == "eos"
 
 
-def test_exact_greedy_after_whitespace_still_compares_whitespace_with_the_token_after_it():
-    """Where the text already ends in whitespace, a whitespace-only unit is not a unit of its own.
+def test_exact_greedy_commits_to_its_token_end_instead_of_writing_a_run():
+    """After "*" (0.3) the paths inside "**" and "***" (0.25 each) must write more stars.
 
-    After "Items:\\n" one more newline is the likeliest token (0.4) but "\\n-" (0.4 * 0.5)
-    loses to "-" (0.35): the joined unit keeps runs of whitespace from winning step by step.
+    Kept, they made "one more *" the best token end (0.25 + 0.3 * 0.4 > 0.3 * 0.6 for "\n"):
+    greedy wrote "***" where the model's own greedy writes "*\n". Committed to the "*" it
+    chose, exact greedy writes what token greedy writes.
     """
     table = {
-        b"": {b"\n": 0.4, b"-": 0.35, "EOS": 0.25},
-        b"\n": {b"-": 0.5, b"*": 0.5},
-        b"-": {b" b": 1.0},
+        b"": {b"*": 0.3, b"**": 0.25, b"***": 0.25, b"ok": 0.2},
+        b"*": {b"\n": 0.6, b"*": 0.4},
     }
-    result = Ensemble([table_member("Items:\n", table)], mode="exact").generate("Items:\n", max_new_chars=10)
-    assert result.text == "- b", result.text
+    member = table_member("Title\n", table, tokenizer=runs_tokenizer())
+    result = Ensemble([member], mode="exact").generate("Title\n", max_new_chars=10)
+    assert result.text == "*\n", result.text
