@@ -257,3 +257,29 @@ def test_exact_greedy_commits_to_its_token_end_instead_of_writing_a_run():
     member = table_member("Title\n", table, tokenizer=runs_tokenizer())
     result = Ensemble([member], mode="exact").generate("Title\n", max_new_chars=10)
     assert result.text == "*\n", result.text
+
+
+@pytest.mark.parametrize("kind, arch", [("byte_level", "llama"), ("byte_fallback", "gemma3")])
+def test_scoring_with_passes_queued_ahead_equals_pass_by_pass_in_fewer_calls(kind, arch, monkeypatch):
+    """Passes the known text will owe are queued ahead and leave in shared batches: same bits, fewer calls.
+
+    Nothing queued ahead is left behind: the passes never owed are cancelled, never run.
+    """
+    from chared_flows.decoding import scoring
+    from chared_flows.decoding.scheduler import scheduler_for
+
+    member = f64_member(kind, seed=5, arch=arch)
+    scheduler = scheduler_for(member.assets.backend)
+    ens = Ensemble([member], mode="exact", prune_threshold=1e-4)
+    text = " has 3 apples. Café 😀\n    return a + b, and the quick brown fox"
+    calls, rows = {}, {}
+    results = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(scoring, "QUEUE_AHEAD", ahead)
+        before = scheduler.batches, scheduler.passes
+        results[ahead] = ens.score("Tom", text)
+        calls[ahead], rows[ahead] = scheduler.batches - before[0], scheduler.passes - before[1]
+    np.testing.assert_allclose(results[True].byte_logprobs, results[False].byte_logprobs, rtol=1e-9, atol=1e-12)
+    assert calls[True] < calls[False], (calls, rows)
+    assert rows[True] <= 1.1 * rows[False], rows  # queued only where sure to pass the threshold (beam width aside)
+    assert not scheduler._queue  # nothing queued ahead is left to run
