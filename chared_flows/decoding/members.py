@@ -50,7 +50,7 @@ class Member:
     @classmethod
     def load(
         cls, spec: str, *, chat: bool = False, cache_dir: str | None = None, dtype: str = "float32",
-        device: str = "cpu",
+        device: str = "cpu", backend: str | None = None,
     ) -> "Member":
         """Load an embedded alias, a local HF directory, a .gguf file or a hub id (shared per process).
 
@@ -60,8 +60,12 @@ class Member:
         device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; members of one ensemble
         may sit on different devices (each pass runs on its member's device, and only the
         sorted next-token probabilities come back to the host).
+
+        backend: for a plain spec, "auto" (GGUF models through llama.cpp where the binding is
+        installed, else transformers), "transformers" or "llama_cpp"; default $CHARED_BACKEND
+        or "auto" (decoding/backends/auto.py).
         """
-        return cls(load_assets(spec, cache_dir=cache_dir, dtype=dtype, device=device), chat=chat)
+        return cls(load_assets(spec, cache_dir=cache_dir, dtype=dtype, device=device, backend=backend), chat=chat)
 
     @classmethod
     def from_pretrained(cls, model: Any, tokenizer: Any, *, name: str, chat: bool = False) -> "Member":

@@ -133,6 +133,7 @@ class WorkflowRunner:
             limit=self.limit,
             n_samples=len(samples) if samples is not None else 0,
             dataset_hash=dataset_hash(samples) if samples is not None else "",
+            backend=backend_policy(),
         )
 
     def _write_run_file(self, run: RunRecord) -> None:
@@ -305,6 +306,13 @@ def summarize(records: list[SampleRecord]) -> dict[str, Any]:
             entry["latency_s"] = sum(r.latency_s for r in ok) / len(ok)
         summary[variant] = entry
     return summary
+
+
+def backend_policy() -> str:
+    """Which backend runs plain model specs in this process (decoding/backends/auto.py); logged as a run param."""
+    from chared_flows.decoding.backends.auto import policy  # lazy: the engine loads only when a run needs it
+
+    return policy()
 
 
 def _git_commit() -> str:
