@@ -1,6 +1,6 @@
 """Exact-mode scoring: model calls per forward pass, with and without queuing later passes ahead.
 
-    python benchmarks/score_batching.py [--threads 1] [--texts prose] [--members smollm2,gemma3-270m]
+    python benchmarks/score_batching.py [--threads 1] [--texts prose] [--members smollm2,gemma3-270m] [--backend transformers]
 
 Scores each text of benchmarks/texts as exact_vs_genlm.py does (prompt read as bytes from
 BOS: `Ensemble.score("", text)`, beam 8 / prune 1e-3 unless --beam/--prune say otherwise)
@@ -50,13 +50,15 @@ def main() -> None:
     parser.add_argument("--members", default="smollm2,gemma3-270m")
     parser.add_argument("--beam", type=int, default=8)
     parser.add_argument("--prune", type=float, default=1e-3)
+    parser.add_argument("--backend", default="transformers", help="backend of the members (auto, transformers, llama_cpp)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch threads {args.threads}, beam {args.beam} / prune {args.prune}, load average {os.getloadavg()[0]:.2f}")
+    print(f"torch threads {args.threads}, beam {args.beam} / prune {args.prune}, backend {args.backend}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print("| text | member | speculate | calls | rows | calls / pass | passes (session) | bits | wall s | load |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for spec in args.members.split(","):
-        member = Member.load(spec)
+        member = Member.load(spec, backend=args.backend)
         for name in args.texts.split(","):
             text = (ROOT / "benchmarks" / "texts" / f"{name}.txt").read_text()
             for speculate in (False, True):

@@ -151,6 +151,7 @@ class MemberSession:
         self._ahead: dict[tuple[int, ...], tuple[PassScheduler, Future]] = {}  # exact scoring: see queue_ahead
         self._queued: set[tuple[int, ...]] = set()  # every id sequence ever queued ahead (none twice)
         self._peeked: dict[tuple[int, ...], tuple] = {}  # prefill results looked at ahead (see prefilled)
+        self.token_ends: dict[tuple, list] = {}  # exact scoring: ExactBeam._token_ends' memo
         self.prompt_tokens = len(self._start_ids) + len(member.encode(self.context_text, self._add_special))
         self._temperature = temperature if temperature > 0 else 1.0
         idx = member.assets.index
@@ -306,6 +307,7 @@ class MemberSession:
         self.scheduler.withdraw(future for _, future in self._ahead.values())
         self._ahead.clear()
         self._peeked.clear()
+        self.token_ends.clear()
 
     def submit_probs(self, ids: Sequence[int], parent: Any = None, fork: bool = False,
                      eager: bool = True) -> tuple[PassScheduler, Future]:
