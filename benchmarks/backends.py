@@ -69,7 +69,8 @@ def main() -> None:
         kinds.append(("llama.cpp re-feed", "llama_cpp:", "?snapshot_seqs=0"))
     for kind, prefix, options in kinds:
         start = time.perf_counter()
-        members = [Member.load(prefix + "smollm2" + options), Member.load(prefix + "gemma3-270m" + options)]
+        pin = {} if prefix else {"backend": "transformers"}  # a plain alias would go to llama.cpp under auto
+        members = [Member.load(prefix + "smollm2" + options, **pin), Member.load(prefix + "gemma3-270m" + options, **pin)]
         loaded[kind] = members
         ensembles[kind] = Ensemble(members, weights=[0.5, 0.5], mode=args.mode)
         ensembles[kind].generate(PROMPT, max_new_chars=5)  # warm-up

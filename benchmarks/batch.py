@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--modes", default="chared,exact")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    members = [Member.load("smollm2"), Member.load("gemma3-270m")]
+    members = [Member.load("smollm2", backend="transformers"), Member.load("gemma3-270m", backend="transformers")]
     prompts = [f"Question: {q}\nAnswer:" for q in QUESTIONS]
     print(f"# batch benchmark: {len(prompts)} prompts x {args.chars} chars, batch {args.batch}, torch "
           f"{torch.__version__}, threads={torch.get_num_threads()}, cores={os.cpu_count()}, "

@@ -1,10 +1,12 @@
 """Prompt boundaries: does greedy decoding stay sane when a prompt ends inside a token?
 
-    python benchmarks/boundaries.py [--threads 1] [--chars 80] [--limit N] [--out docs/boundaries.json]
+    python benchmarks/boundaries.py [--threads 1] [--chars 80] [--limit N] [--domains runs] [--out docs/boundaries.json]
 
-34 prompts across prose, code, math and chat (raw text, and chat messages rendered with
+48 prompts across prose, code, math, chat and runs (raw text, and chat messages rendered with
 each member's chat template), each ending in a boundary-sensitive string: " ", "\\n",
-"\\n    ", "\\t", ": ", "(", "\\n\\n" or half a word. For each member alone and for
+"\\n    ", "\\t", ": ", "(", "\\n\\n" or half a word; the "runs" prompts end before a run
+of a repeatable character (banners, rules, Markdown headings, zero-padded numbers), where
+exact greedy once wrote runs of it. --domains picks a subset. For each member alone and for
 CharED 0.5/0.5, greedy, --chars characters, in both modes (chared with its default token
 healing, and exact), plus each member's own transformers greedy output on the
 canonical prompt, it prints and stores:
@@ -64,6 +66,24 @@ RAW = [
     ("chat", "User: Translate 'good morning' into French.\nAssistant: In French, "),
     ("chat", "Customer: My order has not arrived yet.\nAgent: I'm sorry to hear th"),
 ]
+# Prompts that end before a run of a repeatable character (banners, rules, Markdown
+# headings, zero-padded numbers, tables, front matter): where exact greedy was myopic.
+RUNS = [
+    ("runs", 'def get_random_number_list(xs):\n    return xs\n\n\nif __name__ == "__main__":\n    '),
+    ("runs", 'if __name__ == "__main__":\n    print("'),
+    ("runs", "/*" + "*" * 38 + "\n * Copyright 2024 Example Inc.\n "),
+    ("runs", "#" * 40 + "\n# Settings\n"),
+    ("runs", "Results\n=======\n\nSummary\n"),
+    ("runs", "Name        Score\n"),
+    ("runs", "# User guide\n\n"),
+    ("runs", "## Installation\n\nRun the script.\n\n#"),
+    ("runs", "Invoice no. 000"),
+    ("runs", "ID: 0000123\nID: 0000124\nID: "),
+    ("runs", "print('=' * 40)\nprint('Report')\nprint('"),
+    ("runs", "---\ntitle: Notes\ndate: 2024-01-01\n"),
+    ("runs", "| name | value |\n|"),
+    ("runs", "Ingredients:\n\t- flour\n\t"),
+]
 TEMPLATED = [
     ("chat-template", [{"role": "user", "content": "What is 2 + 2?"}]),
     ("chat-template", [{"role": "user", "content": "Write a Python function that reverses a string."}]),
@@ -71,6 +91,9 @@ TEMPLATED = [
     ("chat-template", [{"role": "system", "content": "You answer in one sentence."},
                        {"role": "user", "content": "Why is the sky blue?"}]),
 ]
+
+
+DOMAINS = {d for d, _ in RAW + RUNS + TEMPLATED}
 
 
 def degenerate(text: str) -> bool:
@@ -95,9 +118,12 @@ def hf_greedy(member: Member, prompt, chars: int) -> str:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    smol, gemma = Member.load("smollm2"), Member.load("gemma3-270m")
+    smol, gemma = Member.load("smollm2", backend="transformers"), Member.load("gemma3-270m", backend="transformers")
     configs = {"smollm2": ([smol], None), "gemma3-270m": ([gemma], None), "chared-0.5": ([smol, gemma], [0.5, 0.5])}
-    prompts = ([(d, p, False) for d, p in RAW] + [(d, p, True) for d, p in TEMPLATED])[: args.limit]
+    prompts = [(d, p, False) for d, p in RAW + RUNS] + [(d, p, True) for d, p in TEMPLATED]
+    if args.domains:
+        prompts = [row for row in prompts if row[0] in args.domains]
+    prompts = prompts[: args.limit]
     rows = [{"domain": d, "prompt": p, "chat": chat, "own": {}, "outputs": {}, "bpc": {}} for d, p, chat in prompts]
     for row in rows:
         row["own"] = {m.name: hf_greedy(m.with_chat(row["chat"]), row["prompt"], args.chars) for m in (smol, gemma)}
@@ -107,6 +133,8 @@ def run(args) -> dict:
             start = time.perf_counter()
             for chat in (False, True):  # chat prompts: members render them with their own templates
                 group = [r for r in rows if r["chat"] == chat]
+                if not group:
+                    continue
                 ens = Ensemble([m.with_chat(chat) for m in members], weights=weights, mode=mode)
                 results = ens.generate_batch([r["prompt"] for r in group], max_new_chars=args.chars)
                 for r, result in zip(group, results):
@@ -162,6 +190,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chars", type=int, default=80)
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--domains", type=lambda v: v.split(","),
+                        help=f"only these prompt domains, comma-separated (of {sorted(DOMAINS)})")
     parser.add_argument("--out", default="docs/boundaries.json")
     args = parser.parse_args()
     start = time.perf_counter()

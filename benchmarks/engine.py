@@ -83,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    members = [Member.load("smollm2"), Member.load("gemma3-270m")]
+    members = [Member.load("smollm2", backend="transformers"), Member.load("gemma3-270m", backend="transformers")]
     print(f"# engine benchmark: torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"cores={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, models loaded in "
           f"{time.perf_counter() - start:.1f} s")

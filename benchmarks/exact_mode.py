@@ -99,7 +99,7 @@ def main() -> None:
         lines.append(line)
 
     t0 = time.perf_counter()
-    members = {"smollm2": Member.load("smollm2"), "gemma3-270m": Member.load("gemma3-270m")}
+    members = {name: Member.load(name, backend="transformers") for name in ("smollm2", "gemma3-270m")}
     say(f"Command: `python benchmarks/exact_mode.py --threads {args.threads} --gen-chars {args.gen_chars}`  ")
     say(f"torch threads: {threads}; torch {torch.__version__}; models loaded in {time.perf_counter() - t0:.1f} s  ")
     say(f"exact mode defaults: beam_width={DEFAULT_BEAM_WIDTH}, prune_threshold={DEFAULT_PRUNE_THRESHOLD:g}")

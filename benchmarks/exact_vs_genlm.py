@@ -276,7 +276,7 @@ def main() -> None:
     say()
     rows, greedy_rows, setup_rows, ratio_rows = [], [], [], []
     for name in args.models.split(","):
-        member = Member.load(name)
+        member = Member.load(name, backend="transformers")  # genlm gets its HF model
         start = time.perf_counter()
         PrefixIndex(ByteVocabulary.from_tokenizer(member.tokenizer, num_rows=len(member.assets.vocab)))
         own_setup = time.perf_counter() - start

@@ -37,7 +37,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     weights = [float(w) for w in args.weights.split(",")]
     start = time.perf_counter()
-    members = [Member.load("smollm2"), Member.load("gemma3-270m")]
+    members = [Member.load("smollm2", backend="transformers"), Member.load("gemma3-270m", backend="transformers")]
     print(f"# chared vs exact greedy: torch {torch.__version__}, threads={threads}, weights {weights}, "
           f"{args.chars} chars, models loaded in {time.perf_counter() - start:.1f} s")
     ensembles = {mode: Ensemble(members, weights=weights, mode=mode) for mode in MODES}

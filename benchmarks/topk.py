@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    members = [Member.load("smollm2"), Member.load("gemma3-270m")]
+    members = [Member.load("smollm2", backend="transformers"), Member.load("gemma3-270m", backend="transformers")]
     texts = {p.stem: p.read_text()[: args.chars] for p in sorted(TEXTS.glob("*.txt"))}
     print(f"# top-k benchmark: SmolLM2-135M + Gemma-3-270M (transformers, fp32), mixture 0.5/0.5; "
           f"texts {', '.join(texts)} ({args.chars} chars each); threads={torch.get_num_threads()}")

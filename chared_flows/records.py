@@ -113,6 +113,8 @@ class RunRecord:
     limit: int | None = None
     n_samples: int = 0
     dataset_hash: str = ""
+    # Which backend runs plain model specs here (decoding/backends/auto.py), e.g. "auto: llama_cpp for GGUF".
+    backend: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,6 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
+from chared_flows.decoding.backends.auto import policy as backend_policy
 from chared_flows.decoding.backends.checks import check_model_spec
 from chared_flows.decoding.backends.fingerprints import fingerprint as model_fingerprint
 from chared_flows.decoding.backends.protocol import Backend, FactoryBackend, TokenRunner
@@ -26,6 +27,7 @@ __all__ = [
     "FactoryBackend",
     "TokenRunner",
     "argv_text",
+    "backend_policy",
     "cancellable",
     "model_fingerprint",
     "check_prompt",

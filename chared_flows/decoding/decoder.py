@@ -44,9 +44,7 @@ from chared_flows.decoding.search import (
     Unit,
     best_unit,
     sample_unit,
-    walk,
     whole_characters,
-    whole_characters_past_whitespace,
 )
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.errors import ConfigError
@@ -351,6 +349,7 @@ class _Decoding:
         healing = config.token_healing and config.mode == "chared"
         self.forced = heal_prompt([s for s in self.sessions if s]) if healing else b""
         self.exact: ExactSource | None = None
+        self._opened: list[tuple[ExactSource, int]] = []  # exact greedy: a step's lookaheads (source, offset)
         self.out = bytearray()
         self.text = ""
         self.round_bytes: list[bytes] = []
@@ -481,34 +480,45 @@ class _Decoding:
             self._finish("length")  # a path reached a member's context window
             return
         if self.config.greedy:
-            may_end = whole_characters_past_whitespace if self._ends_in_whitespace() else whole_characters
-            unit = self._pick(self.exact.lookahead(), extend=self._next_lookahead, may_end=may_end)
+            self._opened = [(self.exact, 0)]
+            unit = self._pick(self.exact.lookahead(origin=0), extend=self._next_lookahead)
         else:
             unit = self._pick(self.exact)
         if unit is None:
             self._finish("eos")
             return
+        after = self._after_unit(unit) if self.config.greedy and unit.terminal == END else None
         for byte in unit.data:
-            self.exact = self.exact.advance(byte)
+            if after is None:
+                self.exact = self.exact.advance(byte)
             yield from self._emit(byte)
             if self.finish is not None:
                 return
+        if after is not None:
+            self.exact = after
         if unit.terminal == EOS:
             self._finish("eos")
 
-    def _ends_in_whitespace(self) -> bool:
-        """Whether the text the members read so far (prompt, then output) ends in whitespace."""
-        if self.out:
-            return bytes(self.out[-1:]).isspace()
-        prompt = next((s.context_text for s in self.sessions if s is not None), "")
-        return prompt[-1:].isspace()
+    def _next_lookahead(self, node: EnsembleRound, data: bytes) -> EnsembleRound | None:
+        """Exact greedy: the lookahead after a candidate unit that ends inside a character.
+
+        It opens where the candidate's tokens ended (ExactSource.ending), as the step will
+        if the candidate wins. `origin` numbers the lookaheads opened in this step, so a
+        unit that crossed several can be replayed (_after_unit).
+        """
+        base, offset = self._opened[node.origin]
+        source = base.ending(data[offset:])
+        if source.window_full:
+            return None
+        self._opened.append((source, len(data)))
+        return source.lookahead(origin=len(self._opened) - 1)
+
+    def _after_unit(self, unit: Unit) -> ExactSource:
+        """The source after a greedy unit that ended in END: its members committed to their token ends."""
+        base, offset = self._opened[unit.source.origin]
+        return base.ending(unit.data[offset:])
 
     # --- shared -----------------------------------------------------------------
-
-    def _next_lookahead(self, node: EnsembleRound, data: bytes) -> EnsembleRound | None:
-        """Exact mode: the lookahead after a candidate unit that ends inside a character."""
-        source = walk(self.exact, data)
-        return None if source.window_full else source.lookahead()
 
     def _pick(self, source, extend=None, may_end=whole_characters) -> Unit | None:
         self.stats.steps += 1

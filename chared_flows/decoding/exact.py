@@ -55,6 +55,7 @@ from chared_flows.decoding.utf8 import next_byte_mask, pending_after
 DEFAULT_BEAM_WIDTH = 8
 DEFAULT_PRUNE_THRESHOLD = 1e-3  # see the module docstring: bounds the error in bits
 DEFAULT_BACKOFF_TOKENS = 4
+ENDING_SHARE = 1e-3  # greedy: a member commits to a unit's END if this share of its mass ends there
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Path:
     hi: int = 0
     cache: object | None = None  # the runner's snapshot after this path's pass
     parent_cache: object | None = None  # the snapshot this path's pass starts from
+    queued_ahead: bool = False  # scoring: the passes of the paths it spawns are queued (ExactBeam.queue_ahead)
 
     def log_weight(self) -> float:
         if not self.q:
@@ -175,12 +177,41 @@ class ExactBeam:
 
     def advance(self, byte: int) -> "ExactBeam":
         """The beam one byte further: extend every path that can read it; spawn boundary paths; prune."""
+        return self._successor(self._read(byte))
+
+    def ending(self, byte: int, min_share: float) -> "ExactBeam | None":
+        """The beam one byte further *given that the current token ends at this byte*; None if it does not.
+
+        Greedy's unit in exact mode is "how the current token ends"; once a unit is
+        written, only the paths whose token ended there are the ones its probability
+        counted. The others are still inside a longer token and must write its rest:
+        kept, they are what made greedy myopic (after one "*" the paths inside "**",
+        "***", ... make "one more *" the best token end again and again, 39 stars where
+        the model's own greedy writes one line). So the unit's choice is committed:
+        this beam keeps the ended paths only, provided they hold at least `min_share`
+        of the mass that reads `byte` (below it, another member's END cut here and this
+        member would not end its token here: see decoder's ENDING_SHARE).
+        """
+        new = self._read(byte)
+        ended = [p for p in new if not p.q]
+        if not ended:
+            return None
+        weights = np.asarray([p.log_weight() for p in new])
+        share = math.exp(np.logaddexp.reduce(weights[[not p.q for p in new]]) - np.logaddexp.reduce(weights))
+        if not share >= min_share or not share > 0:
+            return None
+        return self._successor(ended)
+
+    def _read(self, byte: int) -> list[Path]:
         self._run_owed_passes()
         new: list[Path] = []
         for path in self.paths:
             if path.split.masses[byte] > 0:
                 new.extend(self._extend(path, byte))
-        beam = ExactBeam(self.session, new, self.beam_width, self.log_threshold, self.kept_log)
+        return new
+
+    def _successor(self, paths: list[Path]) -> "ExactBeam":
+        beam = ExactBeam(self.session, paths, self.beam_width, self.log_threshold, self.kept_log)
         beam.window_full, beam.reseeds = self.window_full, self.reseeds
         beam._prune()
         return beam
@@ -248,9 +279,77 @@ class ExactBeam:
             known = self.session.prefilled(path.ids)
             if known is not None:  # scoring: a prefix of the text's canonical tokens, computed at once
                 self.settle(path, known)
-            else:
-                queued.append((path, self.session.submit_probs(path.ids, parent=path.parent_cache, fork=True)))
+                continue
+            request = self.session.take_ahead(path.ids)  # scoring: queued before it was owed (queue_ahead)
+            if request is None:
+                request = self.session.submit_probs(path.ids, parent=path.parent_cache, fork=True)
+            queued.append((path, request))
         return queued
+
+    def queue_ahead(self, ahead: bytes, horizon: int = 64) -> None:
+        """Scoring, where the text `ahead` is known: queue the passes of the paths it will spawn.
+
+        A path's current token can end at several later bytes of the text, each spawning a
+        boundary path that owes a pass from this path's cache. Queued now, those passes
+        leave together with the next pass the scoring waits for, instead of one decode step
+        each. Where a spawn is a prefix of the text's canonical tokens, the prefill already
+        holds its pass: it is followed too (its own spawns are queued), up to `horizon`
+        bytes ahead, so one batch holds the passes of many canonical tokens to come.
+
+        Only spawns sure to pass the prune threshold when spawned are queued: `n` bytes
+        ahead the beam's mass is at most (relative to now) bound[n], the mass of every
+        path's tokens that start with the bytes read so far plus, for each path spawned on
+        the way, its own weight (its descendants weigh no more) or, where it is followed,
+        its tokens' mass; a spawn of weight w survives if w >= threshold * bound[n] (beam
+        width aside). Work: a few binary searches per path and byte, once per path.
+        """
+        fresh = [p for p in self.paths if p.probs is not None and not p.queued_ahead]
+        if not fresh:
+            return
+        horizon = min(len(ahead), horizon)
+        ref = max(p.logp for p in self.paths)
+        bound = np.zeros(horizon + self.index.max_len + 2)
+        spawns: list[tuple[int, float, object, tuple]] = []  # (bytes ahead, weight, parent cache, ids)
+        # (offset, weight relative to ref, probs, ids, cache, q, lo, hi, whose spawns get queued)
+        walks = [(0, math.exp(p.logp - ref), p.probs, p.ids, p.cache, p.q, p.lo, p.hi, p in fresh)
+                 for p in self.paths if p.probs is not None]
+        while walks:
+            offset, scale, probs, ids, cache, q, lo, hi, queue = walks.pop()
+            for at, mass, ends in self._token_ends(ids, q, lo, hi, probs, ahead[offset:]):
+                at += offset
+                bound[at] += scale * mass
+                for k, p in ends:
+                    weight, child = scale * p, ids + (int(self.index.sorted_ids[k]),)
+                    known = self.session.prefilled(child, peek=True) if at < horizon else None
+                    if known is None:
+                        bound[at + 1:] += weight  # its descendants weigh no more than it
+                    else:  # a prefix of the canonical tokens: its pass is known, follow it
+                        walks.append((at, weight, known[0], child, known[2], b"", 0, len(self.index), True))
+                    if queue and at <= horizon:
+                        spawns.append((at, weight, cache, child))
+        threshold = math.exp(self.log_threshold) if self.log_threshold > -math.inf else 0.0
+        for at, weight, cache, ids in spawns:
+            if weight >= threshold * bound[at]:
+                self.session.queue_ahead(ids, cache)
+        for path in fresh:
+            path.queued_ahead = True
+
+    def _token_ends(self, ids: tuple, q: bytes, lo: int, hi: int, probs: np.ndarray, ahead: bytes) -> list:
+        """Where the current token after `ids` (read so far: q) can end along `ahead`, memoised per (ids, q).
+
+        [(bytes ahead, mass of the tokens that start with q + those bytes, [(sorted index, p) of the
+        tokens equal to it])]. The node's place in the text is fixed by ids and q, so the walk
+        is too: queue_ahead meets the same nodes at many bytes (Gemma-3: 16 of 40 s without this).
+        """
+        key = (ids, q)
+        walk = self.session.token_ends.get(key)
+        if walk is None:
+            walk = []
+            for n, lo_n, hi_n, end in self.index.prefix_ranges(q + ahead, lo, hi, len(q)):
+                ends = [(k, float(probs[k])) for k in range(lo_n, end) if probs[k] > 0]
+                walk.append((n - len(q), float(probs[lo_n:hi_n].sum()), ends))
+            self.session.token_ends[key] = walk
+        return walk
 
     def settle(self, path: Path, result: tuple) -> None:
         path.probs, path.eos, path.cache = result
@@ -276,6 +375,7 @@ class ExactSource:
         self.generated = generated  # the bytes written after the prompt (re-seeding starts from them)
         self._dist: np.ndarray | None | bool = False
         self._children: dict[int, ExactSource] = {}
+        self._ended: dict[int, ExactSource] = {}  # children where greedy's unit ended (see ending)
 
     @property
     def window_full(self) -> bool:
@@ -291,6 +391,12 @@ class ExactSource:
                 for path, request in beam.owed_passes()]
         for (beam, path, _), result in zip(owed, gather([request for _, _, request in owed])):
             beam.settle(path, result)
+
+    def queue_ahead(self, ahead: bytes) -> None:
+        """Scoring: queue the passes the known text `ahead` will owe (see ExactBeam.queue_ahead)."""
+        for beam in self.beams:
+            if beam is not None:
+                beam.queue_ahead(ahead)
 
     def member_distributions(self) -> list[np.ndarray | None]:
         self.prepare()
@@ -328,8 +434,44 @@ class ExactSource:
             self._children[byte] = child
         return child
 
-    def lookahead(self) -> EnsembleRound:
-        """A round over the rest of each member's current token (greedy's unit in exact mode)."""
+    def ending(self, data: bytes) -> "ExactSource":
+        """The source after greedy's unit `data` + END: members whose token ends there commit to it.
+
+        See ExactBeam.ending. A member alone commits wherever its token can end (the
+        unit is its own choice); in an ensemble a member commits where at least
+        ENDING_SHARE of its mass ends its token at the unit's end. Subtle: any token has
+        *some* probability under a softmax, so committing wherever one ends would force
+        a member onto splits it would never write (P 1e-22) whenever another member's
+        token ended there; such a member keeps reading its own longer token.
+        """
+        source = self
+        for byte in data[:-1]:
+            source = source.advance(byte)
+        return source._ending(data[-1]) if data else source
+
+    def _ending(self, byte: int) -> "ExactSource":
+        child = self._ended.get(byte)
+        if child is None:
+            ready = self.ready_for(byte)
+            active = [k for k, b in enumerate(ready.beams) if b is not None and b.alive and self.weights[k] > 0]
+            beams = []
+            for k, beam in enumerate(ready.beams):
+                ended = None
+                if beam is not None and beam.alive:
+                    ended = beam.ending(byte, 0.0 if active == [k] else ENDING_SHARE)
+                if ended is None and beam is not None and beam.alive:
+                    ended = beam.advance(byte)
+                beams.append(beam if ended is None else ended)
+            child = ExactSource(beams, self.rule, self.weights, pending_after(self.pending, byte),
+                                self.generated + bytes([byte]))
+            self._ended[byte] = child
+        return child
+
+    def lookahead(self, origin: int = 0) -> EnsembleRound:
+        """A round over the rest of each member's current token (greedy's unit in exact mode).
+
+        `origin`: which of the step's lookaheads this is (the decoder's bookkeeping, see _next_lookahead).
+        """
         self.prepare()
         members = [None if b is None else b.lookahead() for b in self.beams]
-        return EnsembleRound(members, self.rule, self.weights, self.pending)
+        return EnsembleRound(members, self.rule, self.weights, self.pending, origin=origin)

@@ -15,6 +15,7 @@ its full relative precision.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -91,6 +92,20 @@ class PrefixIndex:
             keys = self._keys(lo, hi, depth)
             lo, hi = lo + int(np.searchsorted(keys, byte, "left")), lo + int(np.searchsorted(keys, byte, "right"))
         return lo, hi
+
+    def prefix_ranges(self, text: bytes, lo: int, hi: int, depth: int) -> Iterator[tuple[int, int, int, int]]:
+        """Walk `text` down from [lo, hi) (the tokens starting with text[:depth]), one byte at a time.
+
+        Yields (n, lo, hi, end) for n = depth + 1, ...: the tokens in [lo, hi) start with
+        text[:n], and those in [lo, end) equal it (a shorter string sorts first). Stops
+        where no token starts with text[:n].
+        """
+        for n in range(depth, min(len(text), self.max_len)):
+            keys = self._keys(lo, hi, n)
+            lo, hi = lo + int(np.searchsorted(keys, text[n], "left")), lo + int(np.searchsorted(keys, text[n], "right"))
+            if lo >= hi:
+                return
+            yield n + 1, lo, hi, lo + int(np.searchsorted(self._keys(lo, hi, n + 1), -1, "right"))
 
     def split(self, sorted_probs: np.ndarray, lo: int, hi: int, depth: int) -> Split:
         """Marginal step: tokens in [lo, hi) share a prefix of `depth` bytes; split them by the next byte."""

@@ -50,6 +50,7 @@ class Scorable(Protocol):
     config: Any
 
 LN2 = math.log(2.0)
+QUEUE_AHEAD = True  # exact scoring queues the passes of later bytes ahead (ExactBeam.queue_ahead); benchmarks toggle it
 
 
 @dataclass
@@ -127,13 +128,21 @@ def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     beams = [None if s is None else ExactBeam.start(s, cfg.beam_width, cfg.prune_threshold) for s in sessions]
     source = ExactSource(beams, ens.combine, ens.weights)
     logprobs = []
-    for position, byte in enumerate(text.encode("utf-8")):
-        source = source.ready_for(byte)  # a member whose beam lost every path reading on is re-seeded
-        dist = source.distribution()
-        if source.window_full:
-            raise _too_long(ens, sessions, position)
-        logprobs.append(_log(dist[byte]) if dist is not None else -math.inf)
-        source = source.advance(byte)
+    data = text.encode("utf-8")
+    try:
+        for position, byte in enumerate(data):
+            source = source.ready_for(byte)  # a member whose beam lost every path reading on is re-seeded
+            dist = source.distribution()
+            if source.window_full:
+                raise _too_long(ens, sessions, position)
+            logprobs.append(_log(dist[byte]) if dist is not None else -math.inf)
+            if QUEUE_AHEAD:
+                source.queue_ahead(data[position:])  # later bytes' passes join the next batch
+            source = source.advance(byte)
+    finally:
+        for session in sessions:
+            if session is not None:
+                session.cancel_ahead()
     pruned = max((b.pruned_mass for b in source.beams if b is not None), default=0.0)
     result = ScoreResult.from_logprobs(logprobs, text, pruned, _passes(ens, sessions))
     result.reseeds = {n: r for n, r in zip(ens.names, source.reseeds) if r}

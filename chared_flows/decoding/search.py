@@ -58,34 +58,12 @@ class SearchStats:
     capped: int = 0  # searches that hit the expansion cap and returned their best so far
 
 
-def walk(source: Source, data: bytes) -> Source:
-    for byte in data:
-        source = source.advance(byte)
-    return source
-
-
 Extend = Callable[[Any, bytes], Any]
 
 
 def whole_characters(node: Any, data: bytes) -> bool:
-    """A unit may end here if it ends on a character boundary (chared mode's rule)."""
+    """A unit may end here if it ends on a character boundary (the decoder's rule in both modes)."""
     return not node.pending
-
-
-def whole_characters_past_whitespace(node: Any, data: bytes) -> bool:
-    """Exact mode's rule where the text so far ends in whitespace: whole characters, not whitespace alone.
-
-    Subtle: in exact mode a unit is how the current token ends, summed over the beam's
-    tokenizations; right after whitespace, paths inside longer whitespace tokens make
-    "one more space/tab" the best *token end* again and again (13 tabs after
-    "Ingredients:\n\t", text the model finds less probable than its own greedy output).
-    A whitespace-only unit is therefore compared together with the token that follows it.
-    Only there: after other text a whitespace-only unit is an ordinary token (SmolLM2
-    writes " 3" as " " then "3"), and joining it with the next token would pit a
-    two-token string against EOS (P(" ") 0.41 > P(EOS) 0.11 > P(" 3") 0.09 after
-    "Answer:", so greedy would write nothing). The decoder picks the rule per step.
-    """
-    return not node.pending and not data.isspace()
 
 
 def best_unit(

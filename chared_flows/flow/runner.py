@@ -138,6 +138,7 @@ class WorkflowRunner:
             limit=self.limit,
             n_samples=len(samples) if samples is not None else 0,
             dataset_hash=dataset_hash(samples) if samples is not None else "",
+            backend=backend_policy(),
         )
 
     def _write_run_file(self, run: RunRecord) -> None:
@@ -333,6 +334,13 @@ def summarize(records: list[SampleRecord]) -> dict[str, Any]:
     for record in records:
         by_variant.setdefault(record.variant, []).append(record)
     return {variant: variant_summary(rows) for variant, rows in by_variant.items()}
+
+
+def backend_policy() -> str:
+    """Which backend runs plain model specs in this process (decoding/backends/auto.py); logged as a run param."""
+    from chared_flows.decoding import backend_policy as policy  # lazy: the engine loads only when a run needs it
+
+    return policy()
 
 
 def _git_commit() -> str:

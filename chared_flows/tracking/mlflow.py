@@ -139,6 +139,7 @@ def run_params(run: RunRecord) -> dict[str, str]:
         "git_commit": run.git_commit,
         "variants": ",".join(v.name for v in run.variants),
         "chared_run_id": run.run_id,
+        "backend": run.backend,
     }
     return {clean_key(k): _param_value(v) for k, v in params.items()}
 

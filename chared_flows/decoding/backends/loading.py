@@ -32,11 +32,14 @@ _LOCK = threading.Lock()
 
 
 def load_assets(
-    spec: str, *, cache_dir: str | os.PathLike | None = None, dtype: str = "float32", device: str = "cpu"
+    spec: str, *, cache_dir: str | os.PathLike | None = None, dtype: str = "float32", device: str = "cpu",
+    backend: str | None = None,
 ) -> MemberAssets:
     """Load (once per process and device) the model and tokenizer a spec names, with its byte index.
 
-    A spec prefixed `llama_cpp:` or `served:` picks that backend (backends/specs.py);
+    A spec prefixed `llama_cpp:` or `served:` picks that backend (backends/specs.py); a
+    plain spec runs on `backend` (auto, transformers, llama_cpp; default $CHARED_BACKEND
+    or auto: llama.cpp for GGUF models where installed, see backends/auto.py).
     `dtype` and `device` apply to the transformers backend only.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -45,19 +48,26 @@ def load_assets(
         raise ConfigError(f"dtype {dtype!r} is not supported; use one of: {', '.join(_DTYPES)}")
     target = resolve_device(device)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = (spec, dtype, str(root), target)
+    from chared_flows.decoding.backends.auto import choose_backend, why
+
+    chosen = choose_backend(spec, backend, device=target)
+    key = (spec, dtype, str(root), target, chosen)
     with _LOCK:
         if key not in _LOADED:
             started = time.perf_counter()
             if names_a_backend(spec):  # llama_cpp:SPEC, served:URL?tokenizer=SPEC (backends/specs.py)
                 _LOADED[key] = load_backend_assets(spec, root)
                 source = spec
+            elif chosen == "llama_cpp":  # a GGUF model, by choice or by `auto` (backends/auto.py)
+                _LOADED[key] = load_backend_assets(f"llama_cpp:{spec}", root, name=spec)
+                source = _LOADED[key].source
             else:
                 with quiet_transformers():
                     model, tokenizer, source = _load(spec, root, dtype)
                 model = model.to(target)
                 _LOADED[key] = assets_for_model(spec, model, tokenizer, source)
-            log.info("loaded %s from %s on %s in %.1f s", spec, source, target, time.perf_counter() - started)
+            log.info("loaded %s with %s from %s on %s in %.1f s", spec, why(spec, backend, chosen), source,
+                     target, time.perf_counter() - started)
         return _LOADED[key]
 
 

@@ -104,6 +104,7 @@ class _Request:
     finish: Callable[[Any], Any]  # turns the logits into the result (runs on the worker)
     future: Future
     owner: Client | None = None
+    eager: bool = True  # False: a pass queued ahead (exact scoring); it waits to join a batch the owner needs
 
 
 _current = threading.local()
@@ -158,7 +159,10 @@ class PassScheduler:
         with self._cond:
             self._cond.notify_all()
 
-    def submit(self, runner: Any, ids: Sequence[int], finish: Callable[[Any], Any]) -> Future:
+    def submit(self, runner: Any, ids: Sequence[int], finish: Callable[[Any], Any], eager: bool = True) -> Future:
+        """Queue one pass. eager=False: a pass queued ahead of need; it does not make its owner count
+        as waiting for this batch, so it runs with the next pass the owner does wait for (or on
+        linger_s / max_batch). A caller that no longer needs it cancels its future: never run."""
         future: Future = Future()
         owner = getattr(_current, "client", None)
         if owner is not None:
@@ -166,10 +170,23 @@ class PassScheduler:
         with self._cond:
             if not self._queue:
                 self._first_arrival = time.monotonic()
-            self._queue.append(_Request(runner, list(ids), finish, future, owner))
+            self._queue.append(_Request(runner, list(ids), finish, future, owner, eager))
             self._ensure_worker()
             self._cond.notify_all()
         return future
+
+    def withdraw(self, futures: Iterable[Future]) -> None:
+        """Cancel passes not needed any more (queued ahead, never owed): those still queued never run."""
+        wanted = {id(f) for f in futures if f.cancel()}
+        with self._cond:
+            gone = [r for r in self._queue if id(r.future) in wanted]
+            self._queue = [r for r in self._queue if id(r.future) not in wanted]
+            for request in gone:
+                if request.owner is not None:
+                    request.owner.started()
+        for request in gone:
+            if request.owner is not None:
+                request.owner.answered()
 
     # --- the worker -----------------------------------------------------------------
 
@@ -181,7 +198,7 @@ class PassScheduler:
     def _ready(self) -> bool:
         if not self._queue:
             return False
-        queued = {r.owner for r in self._queue}  # these are in the batch already, whatever else they wait for
+        queued = {r.owner for r in self._queue if r.eager}  # in the batch already, whatever else they wait for
         return (
             all(c.idle or c in queued for c in self._clients)
             or len(self._queue) >= self.max_batch
@@ -198,13 +215,22 @@ class PassScheduler:
                             return
                         continue
                     self._cond.wait(max(0.0, self.linger_s - (time.monotonic() - self._first_arrival)))
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                batch, dropped = [], []
+                while self._queue and len(batch) < self.max_batch:
+                    request = self._queue.pop(0)
+                    # Subtle: marks the future running, so a cancel() from now on fails (it would make
+                    # set_result raise); a pass cancelled before (queued ahead, then not needed) is dropped.
+                    (batch if request.future.set_running_or_notify_cancel() else dropped).append(request)
                 if self._queue:
                     self._first_arrival = time.monotonic()
-                for request in batch:  # under the lock: no scheduler may see them idle in between
+                for request in batch + dropped:  # under the lock: no scheduler may see them idle in between
                     if request.owner is not None:
                         request.owner.started()
-            self._run(batch)
+            for request in dropped:
+                if request.owner is not None:
+                    request.owner.answered()
+            if batch:
+                self._run(batch)
 
     def _run(self, batch: list[_Request]) -> None:
         try:

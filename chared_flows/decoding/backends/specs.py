@@ -45,9 +45,10 @@ def names_a_backend(spec: str) -> bool:
     return spec.startswith(PREFIXES)
 
 
-def load_backend_assets(spec: str, root: Path) -> MemberAssets:
+def load_backend_assets(spec: str, root: Path, name: str | None = None) -> MemberAssets:
+    """The assets of a prefixed spec; `name`: the member's name (default the spec itself)."""
     if spec.startswith("llama_cpp:"):
-        return _llama_cpp_assets(spec, spec[len("llama_cpp:"):], root)
+        return _llama_cpp_assets(spec, spec[len("llama_cpp:"):], root, name)
     return _served_assets(spec, spec[len("served:"):], root)
 
 
@@ -112,7 +113,7 @@ def parse_llama_cpp(spec: str) -> tuple[str, dict[str, int]]:
     return model, options
 
 
-def _llama_cpp_assets(spec: str, inner: str, root: Path) -> MemberAssets:
+def _llama_cpp_assets(spec: str, inner: str, root: Path, name: str | None = None) -> MemberAssets:
     from chared_flows.decoding.backends.llamacpp import LlamaCppBackend, import_llama_cpp
 
     import_llama_cpp()  # the missing extra is the first thing to say
@@ -122,7 +123,7 @@ def _llama_cpp_assets(spec: str, inner: str, root: Path) -> MemberAssets:
     tokenizer = tokenizer_from_gguf(path, root)
     eos = backend.eos_token_id()
     return MemberAssets.build(
-        spec,
+        name or spec,
         tokenizer,
         backend,
         num_rows=backend.n_vocab,

@@ -92,5 +92,5 @@ def test_loading_a_model_logs_one_line_and_no_progress_bars(tmp_path, capfd, cap
     with caplog.at_level(logging.INFO, logger="chared_flows"):
         models.load_assets(str(tmp_path / "m"), cache_dir=str(tmp_path / "cache"))
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("chared_flows")]
-    assert len(lines) == 1 and lines[0].startswith(f"loaded {tmp_path / 'm'} from ") and lines[0].endswith(" s")
+    assert len(lines) == 1 and lines[0].startswith(f"loaded {tmp_path / 'm'} with transformers from ") and lines[0].endswith(" s")
     assert "Loading weights" not in capfd.readouterr().err

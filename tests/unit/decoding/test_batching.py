@@ -143,3 +143,28 @@ def test_closing_stream_batch_stops_the_other_decodings(pair):
     chunks.close()
     assert scheduler.passes - before < full / 2  # the others were cancelled, not run to the end
     assert not scheduler._clients
+
+
+def test_a_pass_queued_ahead_waits_for_a_needed_one_and_a_cancelled_one_never_runs(pair):
+    """eager=False passes do not start a batch on their own; they leave with the owner's next needed pass."""
+    from chared_flows.decoding.backends.scheduler import Client, PassScheduler, bound, gather
+
+    member = pair[0]
+    scheduler = PassScheduler(member.assets.backend, linger_s=30.0)
+    me = Client([scheduler])
+    ran = []
+
+    def finish(tag):
+        return lambda logits: ran.append(tag) or tag
+
+    ids = member.encode("Tom has 3")
+    with bound(me):
+        later = scheduler.submit(member.assets.backend.new_runner(), ids, finish("later"), eager=False)
+        dropped = scheduler.submit(member.assets.backend.new_runner(), ids[:-1], finish("dropped"), eager=False)
+        threading.Event().wait(0.3)
+        assert ran == [] and scheduler.batches == 0  # the owner is not waiting: nothing ran
+        dropped.cancel()
+        now = scheduler.submit(member.assets.backend.new_runner(), ids[:-2], finish("now"))
+        assert gather([(scheduler, now)]) == ["now"]
+    assert later.result(timeout=5) == "later" and dropped.cancelled()
+    assert sorted(ran) == ["later", "now"] and scheduler.batches == 1

@@ -13,7 +13,15 @@ from chared_flows.decoding.utf8 import next_byte_mask
 from chared_flows.decoding.index import EOS, NUM_OPTIONS
 from chared_flows.decoding.utf8 import split_complete
 from chared_flows.decoding.backends.transformers import UncachedRunner
-from tests.fixtures.tiny import PAD_ROWS, scripted_member, table_member, tiny_member, tiny_model, tokenizer_for
+from tests.fixtures.tiny import (
+    PAD_ROWS,
+    runs_tokenizer,
+    scripted_member,
+    table_member,
+    tiny_member,
+    tiny_model,
+    tokenizer_for,
+)
 
 NO_PRUNING = dict(beam_width=65_536, prune_threshold=0.0)
 
@@ -235,16 +243,43 @@ def test_exact_greedy_writes_a_whitespace_token_that_beats_eos_after_other_text(
     assert result.text == " 3" and result.finish_reason == "eos"
 
 
-def test_exact_greedy_after_whitespace_still_compares_whitespace_with_the_token_after_it():
-    """Where the text already ends in whitespace, a whitespace-only unit is not a unit of its own.
+def test_exact_greedy_commits_to_its_token_end_instead_of_writing_a_run():
+    """After "*" (0.3) the paths inside "**" and "***" (0.25 each) must write more stars.
 
-    After "Items:\\n" one more newline is the likeliest token (0.4) but "\\n-" (0.4 * 0.5)
-    loses to "-" (0.35): the joined unit keeps runs of whitespace from winning step by step.
+    Kept, they made "one more *" the best token end (0.25 + 0.3 * 0.4 > 0.3 * 0.6 for "\n"):
+    greedy wrote "***" where the model's own greedy writes "*\n". Committed to the "*" it
+    chose, exact greedy writes what token greedy writes.
     """
     table = {
-        b"": {b"\n": 0.4, b"-": 0.35, "EOS": 0.25},
-        b"\n": {b"-": 0.5, b"*": 0.5},
-        b"-": {b" b": 1.0},
+        b"": {b"*": 0.3, b"**": 0.25, b"***": 0.25, b"ok": 0.2},
+        b"*": {b"\n": 0.6, b"*": 0.4},
     }
-    result = Ensemble([table_member("Items:\n", table)], mode="exact").generate("Items:\n", max_new_chars=10)
-    assert result.text == "- b", result.text
+    member = table_member("Title\n", table, tokenizer=runs_tokenizer())
+    result = Ensemble([member], mode="exact").generate("Title\n", max_new_chars=10)
+    assert result.text == "*\n", result.text
+
+
+@pytest.mark.parametrize("kind, arch", [("byte_level", "llama"), ("byte_fallback", "gemma3")])
+def test_scoring_with_passes_queued_ahead_equals_pass_by_pass_in_fewer_calls(kind, arch, monkeypatch):
+    """Passes the known text will owe are queued ahead and leave in shared batches: same bits, fewer calls.
+
+    Nothing queued ahead is left behind: the passes never owed are cancelled, never run.
+    """
+    from chared_flows.decoding import scoring
+    from chared_flows.decoding.backends.scheduler import scheduler_for
+
+    member = f64_member(kind, seed=5, arch=arch)
+    scheduler = scheduler_for(member.assets.backend)
+    ens = Ensemble([member], mode="exact", prune_threshold=1e-4)
+    text = " has 3 apples. Café 😀\n    return a + b, and the quick brown fox"
+    calls, rows = {}, {}
+    results = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(scoring, "QUEUE_AHEAD", ahead)
+        before = scheduler.batches, scheduler.passes
+        results[ahead] = ens.score("Tom", text)
+        calls[ahead], rows[ahead] = scheduler.batches - before[0], scheduler.passes - before[1]
+    np.testing.assert_allclose(results[True].byte_logprobs, results[False].byte_logprobs, rtol=1e-9, atol=1e-12)
+    assert calls[True] < calls[False], (calls, rows)
+    assert rows[True] <= 1.1 * rows[False], rows  # queued only where sure to pass the threshold (beam width aside)
+    assert not scheduler._queue  # nothing queued ahead is left to run

@@ -17,7 +17,7 @@ import pytest
 from chared_flows.decoding.combine import RULE_FUNCTIONS
 from chared_flows.decoding.index import END, EOS, PrefixIndex
 from chared_flows.decoding.rounds import EnsembleRound, MemberRound
-from chared_flows.decoding.search import SearchStats, best_unit, nucleus, whole_characters_past_whitespace
+from chared_flows.decoding.search import SearchStats, best_unit, nucleus
 from chared_flows.decoding.utf8 import incomplete_tail_start, pending_after
 from chared_flows.decoding.vocab import ByteVocabulary
 
@@ -222,9 +222,12 @@ def test_a_member_adopts_its_own_token_only_where_it_would_end_it():
 
 @pytest.mark.parametrize("label, setup", SETUPS)
 @pytest.mark.parametrize("seed", range(6))
-def test_exact_mode_units_extend_past_whitespace_alone(label, setup, seed) -> None:
-    """Exact mode's rule: a unit that is whitespace alone goes on into the next token end."""
+def test_units_extend_where_may_end_says_so(label, setup, seed) -> None:
+    """best_unit's may_end hook: here a unit that is whitespace alone goes on into the next token end."""
     members, weights = members_for(setup, seed, 0.3)
+
+    def whole_characters_past_whitespace(node, data):
+        return not node.pending and not data.isspace()
 
     def extend(node, data):
         return ensemble_round(members, weights, node.pending)

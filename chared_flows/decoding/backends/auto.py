@@ -1,0 +1,91 @@
+"""Which backend runs a plain model spec: `auto` picks llama.cpp for GGUF models where it is installed.
+
+A spec with a backend prefix (`llama_cpp:`, `served:`) says so itself. A plain spec
+(an embedded alias, a .gguf file, a HF directory, a hub id) runs on the backend
+`Member.load(..., backend=...)` names, else on $CHARED_BACKEND, else `auto`:
+
+- `auto`: a GGUF model (the embedded aliases are GGUF files) on the CPU decodes through
+  llama.cpp when the `llama_cpp` binding imports (measured 4.1-4.9x the transformers
+  member's chars/s, one thread), and through transformers otherwise (no binding, a
+  HF directory or hub id, a GPU device);
+- `transformers`: always transformers (the GGUF file dequantised once, as before);
+- `llama_cpp`: always llama.cpp (an error for a non-GGUF spec or a missing binding).
+
+The member keeps the spec as its name whichever backend runs it, so records compare
+across machines; the choice is in the load log line and in the backend's identity.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+from chared_flows.errors import ConfigError
+
+BACKENDS = ("auto", "transformers", "llama_cpp")
+ENV = "CHARED_BACKEND"
+
+
+def default_backend() -> str:
+    """$CHARED_BACKEND, checked, or `auto`."""
+    value = os.environ.get(ENV, "").strip() or "auto"
+    if value not in BACKENDS:
+        raise ConfigError(f"{ENV}={value!r} is not a backend; use one of: {', '.join(BACKENDS)}")
+    return value
+
+
+@functools.lru_cache(maxsize=1)
+def llama_cpp_available() -> bool:
+    """Whether the llama-cpp-python binding imports (a build without its shared library does not)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or OSError from a broken shared library
+        return False
+    return True
+
+
+def is_gguf_spec(spec: str) -> bool:
+    from chared_flows.decoding.backends.files import EMBEDDED
+
+    return spec in EMBEDDED or spec.endswith(".gguf")
+
+
+def choose_backend(spec: str, requested: str | None = None, device: str = "cpu",
+                   available: Callable[[], bool] | None = None) -> str:
+    """The backend that runs `spec`: "transformers", "llama_cpp", or a prefix's own ("served").
+
+    `available` (tests fake it) says whether the llama.cpp binding imports.
+    """
+    requested = requested or default_backend()
+    if requested not in BACKENDS:
+        raise ConfigError(f"backend {requested!r} is unknown; use one of: {', '.join(BACKENDS)}")
+    if spec.startswith(("llama_cpp:", "served:")):
+        return spec.split(":", 1)[0]
+    if requested == "transformers":
+        return "transformers"
+    gguf = is_gguf_spec(spec)
+    if requested == "llama_cpp":
+        if not gguf:
+            raise ConfigError(f"backend llama_cpp runs GGUF files; {spec!r} is not an embedded alias or a .gguf file")
+        return "llama_cpp"
+    installed = (available or llama_cpp_available)()
+    return "llama_cpp" if gguf and device == "cpu" and installed else "transformers"
+
+
+def why(spec: str, requested: str | None, chosen: str) -> str:
+    """A few words for the load line: how the backend was chosen."""
+    requested = requested or default_backend()
+    if spec.startswith(("llama_cpp:", "served:")) or requested != "auto":
+        return chosen
+    if chosen == "llama_cpp":
+        return "llama_cpp (auto: the llama_cpp binding is installed)"
+    return "transformers (auto)"
+
+
+def policy() -> str:
+    """How plain specs are placed in this process, for run records: e.g. "auto: llama_cpp for GGUF"."""
+    requested = default_backend()
+    if requested != "auto":
+        return requested
+    return "auto: llama_cpp for GGUF" if llama_cpp_available() else "auto: transformers (no llama_cpp binding)"
