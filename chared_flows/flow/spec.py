@@ -41,6 +41,11 @@ DecodingParams = create_model(
 )
 
 
+# A variant may also set these three at its top level; their types are the engine's own.
+_OPTIONAL = _optional_decode_fields()
+OptionalWeights, OptionalMode, OptionalRule = (_OPTIONAL[name][0] for name in ("weights", "mode", "rule"))
+
+
 def _set_values(params: BaseModel) -> dict[str, Any]:
     return params.model_dump(exclude_none=True)
 
@@ -52,10 +57,10 @@ class VariantConfig(BaseModel):
 
     name: str = Field(pattern=_NAME)
     models: list[str] = Field(min_length=1)
-    weights: list[float] | None = None
+    weights: OptionalWeights = None
     weights_sweep: list[float | list[float]] | None = Field(default=None, min_length=1)
-    mode: Literal["chared", "exact"] | None = None
-    rule: Literal["mixture", "product", "adaptive"] | None = None
+    mode: OptionalMode = None
+    rule: OptionalRule = None
     decoding: DecodingParams = Field(default_factory=DecodingParams)
 
     @model_validator(mode="after")
