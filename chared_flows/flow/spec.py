@@ -104,7 +104,7 @@ class VariantConfig(BaseModel):
         decoding.pop("weights", None)
         chat = decoding.pop("chat", None)
         if self.weights_sweep is None:
-            points = [(self.name, self.weights)]
+            points = [(self.name, None if self.weights is None else list(self.weights))]  # as written: a list
         else:
             points = [(f"{self.name}-w{_label(p)}", p if isinstance(p, list) else [p, 1.0 - p])
                       for p in self.weights_sweep]
