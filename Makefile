@@ -2,6 +2,7 @@
 #   make demo   - set up, then run CharED on the two embedded models (generation, a GSM A/B,
 #                 a bits-per-character A/B on prose, code and math)
 #   make test   - set up (with llama.cpp: setup-llamacpp), then run every test (unit + integration)
+#   make lint   - ruff (CI runs it before the tests)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,8 +21,12 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 DEMO_PROMPT ?= Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:
 
 # llama.cpp (extra `llamacpp`, for `llama_cpp:` and `served:` members): llama-cpp-python and
-# llama.cpp's own `llama-server`, both compiled from the same source (the llama.cpp copy inside
-# the llama-cpp-python sdist), once: the stamp names the version. About 5 + 6 minutes on 2 cores.
+# llama.cpp's own `llama-server` share ONE compile of the llama.cpp copy inside the
+# llama-cpp-python sdist: cmake builds its shared libraries (libllama, libggml*, libmtmd) and
+# llama-server together, then the binding is installed with -DLLAMA_BUILD=OFF (Python only) and
+# the libraries are copied into site-packages/llama_cpp/lib, where it loads them from.
+# The build is cached outside the venv (LLAMA_CACHE, keyed by version and CPU flags), so a new
+# venv or `make clean` does not compile again; the venv stamp names the version.
 LLAMA_CPP_PYTHON ?= 0.3.36
 # A portable x86-64 build with the instruction sets named. A native build (-march=native) dies
 # with SIGILL on these machines in ggml's AMX path, so AMX stays off. These machines and CI's
@@ -29,11 +34,14 @@ LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_CPU_FLAGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-LLAMA_SRC := $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)
-LLAMA_STAMP := $(VENV)/.llamacpp-$(LLAMA_CPP_PYTHON)
+LLAMA_KEY := $(shell printf '%s' '$(LLAMA_CPU_FLAGS)' | md5sum | cut -c1-8)
+LLAMA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/chared_flows/llama.cpp-$(LLAMA_CPP_PYTHON)-$(LLAMA_KEY)
+LLAMA_SDIST := $(LLAMA_CACHE)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
+LLAMA_BUILT := $(LLAMA_CACHE)/.built
+LLAMA_STAMP := $(VENV)/.llamacpp-$(LLAMA_CPP_PYTHON)-$(LLAMA_KEY)
 JOBS ?= $(shell nproc)
 
-.PHONY: setup sandbox-tool setup-llamacpp demo test test-unit test-integration bench bench-genlm clean
+.PHONY: setup sandbox-tool setup-llamacpp demo lint test test-unit test-integration bench bench-genlm clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -57,20 +65,36 @@ sandbox-tool:
 	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap; }; \
 	else echo "note: bubblewrap is missing: generated code will not run and its tests skip; install it with: sudo apt-get install bubblewrap"; fi
 
-# Order-only on the main set-up: editing pyproject.toml reinstalls the package, not llama.cpp.
-$(LLAMA_STAMP): | $(STAMP)
+# The one compile (cached: see LLAMA_CACHE). Shared libraries with RPATH $$ORIGIN, so the
+# libraries and llama-server find each other in one folder; the build tree (~300 MB) goes.
+$(LLAMA_BUILT): | $(STAMP)
 	command -v cmake >/dev/null && command -v g++ >/dev/null || \
 		(apt-get update -q && apt-get install -y -q --no-install-recommends cmake g++)
-	mkdir -p $(VENV)/src
-	$(BIN)/python -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(VENV)/src
-	tar xzf $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(VENV)/src
-	CMAKE_ARGS="$(LLAMA_CPU_FLAGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/python -m pip install -q "$(LLAMA_SRC)"
-	cmake -S $(LLAMA_SRC)/vendor/llama.cpp -B $(VENV)/src/llama-server-build -DCMAKE_BUILD_TYPE=Release \
-		$(LLAMA_CPU_FLAGS) -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+	mkdir -p $(LLAMA_CACHE)
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_CACHE)
+	rm -rf $(LLAMA_CACHE)/src $(LLAMA_CACHE)/build $(LLAMA_CACHE)/lib && mkdir -p $(LLAMA_CACHE)/src
+	tar xzf $(LLAMA_SDIST) -C $(LLAMA_CACHE)/src
+	cmake -S $(LLAMA_CACHE)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp -B $(LLAMA_CACHE)/build \
+		-DCMAKE_BUILD_TYPE=Release $(LLAMA_CPU_FLAGS) -DBUILD_SHARED_LIBS=ON \
+		-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$$ORIGIN' \
+		-DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
 		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
-	cmake --build $(VENV)/src/llama-server-build --target llama-server -j $(JOBS)
-	cp $(VENV)/src/llama-server-build/bin/llama-server $(BIN)/llama-server
-	rm -rf $(VENV)/src  # the sources and build tree (~300 MB); the stamp keeps the build from rerunning
+	cmake --build $(LLAMA_CACHE)/build --target llama mtmd llama-server -j $(JOBS)
+	mkdir -p $(LLAMA_CACHE)/lib
+	cp -a $(LLAMA_CACHE)/build/bin/*.so* $(LLAMA_CACHE)/build/bin/llama-server $(LLAMA_CACHE)/lib/
+	rm -rf $(LLAMA_CACHE)/src $(LLAMA_CACHE)/build
+	touch $@
+
+# Order-only on the main set-up: editing pyproject.toml reinstalls the package, not llama.cpp.
+# The binding without its own compile (-DLLAMA_BUILD=OFF; no pip wheel cache, which would mix
+# this Python-only wheel up with a full one), then the cached libraries into its lib folder;
+# .venv/bin/llama-server is a link to the server there ($$ORIGIN follows the link's target).
+$(LLAMA_STAMP): $(LLAMA_BUILT) | $(STAMP)
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/python -m pip install -q --no-cache-dir $(LLAMA_SDIST)
+	LIB=$$($(BIN)/python -c "import importlib.util as u; print(u.find_spec('llama_cpp').submodule_search_locations[0])")/lib && \
+		mkdir -p $$LIB && cp -a $(LLAMA_CACHE)/lib/. $$LIB/ && ln -sf $$LIB/llama-server $(BIN)/llama-server
+	$(BIN)/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
+	$(BIN)/llama-server --version
 	touch $@
 
 setup-llamacpp: $(LLAMA_STAMP)
@@ -81,6 +105,10 @@ demo: setup
 # bits per character of prose, code and math: each model alone and CharED (exact-mode scoring:
 # many one-token forward passes, for which 1 torch thread is the fast setting on a busy CPU)
 	$(BIN)/chared ab char_compare --threads 1
+
+# pyflakes-level checks (pyproject's [tool.ruff]); ruff comes with the dev extra.
+lint: setup
+	$(BIN)/ruff check chared_flows tests benchmarks
 
 test: setup setup-llamacpp
 	$(BIN)/python -m pytest -q
@@ -101,5 +129,6 @@ bench-genlm: setup
 	$(BIN)/python -m pip install -q "arsenal>=3.1" "numba>=0.60" "ipython>=8"
 	taskset -c 1 $(BIN)/python benchmarks/exact_vs_genlm.py --threads 1
 
+# The compiled llama.cpp stays in LLAMA_CACHE (a new venv reuses it); `rm -rf` that folder to rebuild.
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -21,8 +21,10 @@ class VariantSpec:
     name: str
     members: tuple[str, ...]
     weights: tuple[float, ...] | None = None
-    mode: str = "chared"
-    rule: str = "mixture"
+    # None: not set, the engine's default (decoding/config.py declares every default once);
+    # a workflow's variants always carry the resolved values.
+    mode: str | None = None
+    rule: str | None = None
     decoding: dict[str, Any] = field(default_factory=dict)
     # One per member, e.g. ("byte_level", "sentencepiece") (decoding/vocab.py); logged as a param.
     tokenizer_families: tuple[str, ...] = ()

@@ -13,7 +13,6 @@ Shared conventions, so that weight 1 on one member reproduces it exactly:
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,25 +23,21 @@ Conditionals = Sequence["np.ndarray | None"]
 
 
 def normalise_weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
-    """Check one finite, non-negative weight per member, not all zero; scale them to sum 1."""
+    """One weight per member, scaled to sum 1 (None: uniform).
+
+    The values were checked once, by DecodeConfig (config.py: finite, >= 0, not all zero);
+    only the count needs the members, so it is checked here.
+    """
     if n_members < 1:
         raise ConfigError("an ensemble needs at least one member; pass e.g. [Member.load('smollm2')]")
     if weights is None:
         return np.full(n_members, 1.0 / n_members)
-    values = list(weights)
+    values = np.asarray(weights, dtype=np.float64)
     if len(values) != n_members:
         raise ConfigError(
-            f"got {len(values)} weights {values} for {n_members} members; give exactly one weight per member"
+            f"got {len(values)} weights {list(weights)} for {n_members} members; give exactly one weight per member"
         )
-    for i, w in enumerate(values):
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
-            raise ConfigError(f"weight {i} is {w!r}; weights must be finite numbers")
-        if w < 0:
-            raise ConfigError(f"weight {i} is {w}; weights must be >= 0")
-    total = float(sum(values))
-    if total <= 0:
-        raise ConfigError(f"weights {values} are all zero; give at least one member a positive weight")
-    return np.asarray(values, dtype=np.float64) / total
+    return values / values.sum()
 
 
 def _active(conditionals: Conditionals, weights: np.ndarray) -> tuple[list[int], np.ndarray]:

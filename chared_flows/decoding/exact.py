@@ -46,14 +46,17 @@ from typing import Sequence
 
 import numpy as np
 
+from chared_flows.decoding.config import DecodeFields
 from chared_flows.decoding.index import END, EOS, NUM_OPTIONS, Split
 from chared_flows.decoding.members import MemberSession
 from chared_flows.decoding.rounds import Cursor, EnsembleRound, MemberRound, Rule
 from chared_flows.decoding.backends.scheduler import gather
 from chared_flows.decoding.utf8 import next_byte_mask, pending_after
 
-DEFAULT_BEAM_WIDTH = 8
-DEFAULT_PRUNE_THRESHOLD = 1e-3  # see the module docstring: bounds the error in bits
+# DecodeConfig's defaults (config.py declares each once); the threshold bounds the error in
+# bits, see the module docstring.
+DEFAULT_BEAM_WIDTH = DecodeFields.model_fields["beam_width"].default
+DEFAULT_PRUNE_THRESHOLD = DecodeFields.model_fields["prune_threshold"].default
 DEFAULT_BACKOFF_TOKENS = 4
 ENDING_SHARE = 1e-3  # greedy: a member commits to a unit's END if this share of its mass ends there
 

@@ -28,7 +28,8 @@ class VariantLLM:
         self.device = device
         self.specs = list(variant.members)
         # The variant was checked when the workflow was read; this builds the engine's object.
-        self.config = DecodeConfig.build(weights=variant.weights, mode=variant.mode, rule=variant.rule, **decoding)
+        ensemble = {"weights": variant.weights, "mode": variant.mode, "rule": variant.rule}
+        self.config = DecodeConfig.build(**{k: v for k, v in ensemble.items() if v is not None}, **decoding)
         self._members: list[Member] | None = None
         self._lock = threading.Lock()
 

@@ -42,6 +42,11 @@ DecodingParams = create_model(
 )
 
 
+# A variant may also set these three at its top level; their types are the engine's own.
+_OPTIONAL = _optional_decode_fields()
+OptionalWeights, OptionalMode, OptionalRule = (_OPTIONAL[name][0] for name in ("weights", "mode", "rule"))
+
+
 def _set_values(params: BaseModel) -> dict[str, Any]:
     return params.model_dump(exclude_none=True)
 
@@ -59,10 +64,10 @@ class VariantConfig(BaseModel):
     name: str = Field(pattern=_NAME)
     models: list[str] | None = Field(default=None, min_length=1)
     combination: str | None = Field(default=None, description="a registered combination, models:/NAME@ALIAS")
-    weights: list[float] | None = None
+    weights: OptionalWeights = None
     weights_sweep: list[float | list[float]] | None = Field(default=None, min_length=1)
-    mode: Literal["chared", "exact"] | None = None
-    rule: Literal["mixture", "product", "adaptive"] | None = None
+    mode: OptionalMode = None
+    rule: OptionalRule = None
     decoding: DecodingParams = Field(default_factory=DecodingParams)
 
     @model_validator(mode="after")
@@ -131,7 +136,7 @@ class VariantConfig(BaseModel):
         decoding.pop("weights", None)
         chat = decoding.pop("chat", None)
         if self.weights_sweep is None:
-            points = [(self.name, self.weights)]
+            points = [(self.name, None if self.weights is None else list(self.weights))]  # as written: a list
         else:
             points = [(f"{self.name}-w{_label(p)}", p if isinstance(p, list) else [p, 1.0 - p])
                       for p in self.weights_sweep]

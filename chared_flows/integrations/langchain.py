@@ -43,9 +43,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingExtraError("langchain_core", "langchain") from exc
 
 from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
 
 from chared_flows.decoding import generation_info
-from chared_flows.decoding.config import CALL_FIELDS, MAX_NEW_CHARS, DecodeConfig, DecodeFields
+from chared_flows.decoding.config import CALL_FIELDS, DecodeConfig, DecodeFields
 
 DEFAULT_MODELS = ["smollm2", "gemma3-270m"]
 # Call-time keyword arguments that override a field for one call (llm.invoke(p, temperature=0.7)).
@@ -405,7 +406,8 @@ class ChatCharED(CharEDParams, BaseChatModel):
     chat: bool | None = True
     # LangChain's standard chat-model parameters. `max_tokens` is an alias of
     # max_new_chars: CharED counts characters, there is no single tokenizer to count in.
-    max_new_chars: int = Field(default=256, ge=1, le=MAX_NEW_CHARS, strict=True, alias="max_tokens")
+    # The field is the engine's (default, bounds, description), with the alias added.
+    max_new_chars: int = FieldInfo.merge_field_infos(DecodeFields.model_fields["max_new_chars"], Field(alias="max_tokens"))
     timeout: float | None = Field(default=None, gt=0, description="seconds; decoding stops there (finish_reason 'timeout')")
     max_retries: int = Field(default=0, ge=0, description="accepted for compatibility: local decoding has nothing to retry")
     # subtle: accepted and ignored, like max_retries: LangChain's standard chat-model tests (and

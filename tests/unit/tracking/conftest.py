@@ -19,7 +19,8 @@ def run_record() -> RunRecord:
             VariantSpec("smollm2", ("smollm2",)),
             VariantSpec("gemma", ("gemma3",)),
             VariantSpec(
-                "chared_0.5", ("smollm2", "gemma3"), (0.5, 0.5), decoding={"max_new_chars": 64, "greedy": True},
+                "chared_0.5", ("smollm2", "gemma3"), (0.5, 0.5), mode="chared", rule="mixture",
+                decoding={"max_new_chars": 64, "greedy": True},
                 tokenizer_families=("byte_level", "sentencepiece"),
             ),
         ],
