@@ -42,7 +42,7 @@ def workflow(chars: int) -> str:
     return (
         "name: ray_bench\nversion: 1\ntemplate: math_answer@1\n"
         f"dataset: {{kind: inline, samples: [{samples}]}}\n"
-        f"parser: number\nscorers: [latency]\ndecoding: {{max_new_chars: {chars}, temperature: 0.0}}\n"
+        f"parser: number\nscorers: []\ndecoding: {{max_new_chars: {chars}, temperature: 0.0}}\n"
         "variants:\n  - {name: smollm2, models: [smollm2]}\n"
         "  - {name: chared, models: [smollm2, gemma3-270m], mode: chared, weights_sweep: [0.5]}\n"
     )

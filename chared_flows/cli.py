@@ -203,7 +203,7 @@ def generate_combination(args: argparse.Namespace) -> int:
     registered = load_combination(args.combination)
     combo = registered.combination
     config = combo.decoding.replace(**values)
-    prompt = read_prompt(args.prompt)
+    prompt = read_prompt(args.prompt, args.escapes)
     members = combo.load_members(device=args.device, where=registered.where)
     if args.chat:
         members = [m.with_chat(True) for m in members]
@@ -527,6 +527,13 @@ def add_ab(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_ab)
 
 
+def require_statistics() -> None:
+    from chared_flows.evaluation import stats
+
+    stats._scipy_stats()
+    stats._statsmodels()
+
+
 def parse_effects(items: list[str]) -> dict[str, float]:
     effects = {}
     for item in items:
@@ -550,6 +557,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     if args.since or args.control:
         raise ConfigError("--since and --control apply to a live experiment; add --live")
     effects = parse_effects(args.effect)
+    require_statistics()  # before any pair runs: the comparison needs scipy and statsmodels at the end
     made: dict[str, Any] = {}
 
     def finisher(run, records):
@@ -763,7 +771,9 @@ def cmd_workflows(args: argparse.Namespace) -> int:
             except CharedError as exc:
                 print(f"{name}  (invalid: {exc})")
                 continue
-            print(f"{name}  v{spec.version}  {spec.template}  {len(spec.expanded_variants())} variants")
+            # names only: a combination variant is not resolved (no registry, no file hashing) to be listed
+            count = sum(len(c.names()) for c in spec.variants)
+            print(f"{name}  v{spec.version}  {spec.template}  {count} variants")
     elif args.action == "validate":
         overrides = dataset_overrides(args)
         checked = preflight(args, overrides)  # exactly what `chared run` checks before loading models

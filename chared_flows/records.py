@@ -84,6 +84,9 @@ class SampleRecord:
     # How many pairs of this variant decoded side by side (their forward passes batched)
     # while its timings were taken; a batch never mixes variants (0: not recorded).
     batch_size: int = 0
+    # A pair of the timed sub-sample (`chared ab --timed-samples`): it decoded alone, and an
+    # A/B compares latency and chars/s on these pairs only.
+    timed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

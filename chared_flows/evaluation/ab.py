@@ -108,14 +108,16 @@ class ABResult:
 def _values(records: Iterable[SampleRecord], metric: str) -> dict[str, dict[str, float]]:
     """variant -> sample_id -> value; records with an error or without the metric are left out.
 
-    Timings come from the pairs that decoded alone (batch size 1, the timed sub-sample of
-    `chared ab`) wherever a variant has any: latency ratios change with the batch size.
+    Latency and chars/s come from the timed sub-sample of `chared ab` (pairs that decoded
+    alone, marked `timed`) wherever a variant has one: latency ratios change with the batch
+    size. subtle: not from every pair at batch size 1: a last chunk of one sample or a
+    retried pair also decodes alone, and one such pair would stand for the whole variant.
     """
     records = [r for r in records if not r.error]
-    alone = {r.variant for r in records if r.batch_size == 1}
+    timed = {r.variant for r in records if r.timed}
     table: dict[str, dict[str, float]] = {}
     for r in records:
-        if metric in BATCH_SENSITIVE and r.variant in alone and r.batch_size != 1:
+        if metric in BATCH_SENSITIVE and r.variant in timed and not r.timed:
             continue
         value = r.scores.get(metric) if metric not in TIMING else getattr(r, metric)
         if value is None or not math.isfinite(float(value)):
@@ -298,6 +300,8 @@ def summary_entries(ab: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for s in ab["variants"]:
         entry = out.setdefault(s["variant"], {})
         entry[f"{s['metric']}.ci_low"], entry[f"{s['metric']}.ci_high"] = s["ci_low"], s["ci_high"]
+        if s["metric"] in BATCH_SENSITIVE:  # the mean its interval belongs to (the timed pairs')
+            entry[s["metric"]] = s["mean"]
     for c in ab["comparisons"]:
         entry = out.setdefault(c["ensemble"], {})
         key = f"vs.{c['single']}.{c['metric']}"

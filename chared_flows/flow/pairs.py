@@ -134,6 +134,7 @@ class PairRunner:
             output="",
             reference=sample.reference,
             domain=sample.domain,
+            timed=(variant.name, sample.id) in self.alone,
         )
 
 

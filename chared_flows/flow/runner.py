@@ -152,6 +152,9 @@ class WorkflowRunner:
             "template_hash": run.template_hash,
             "workflow": f"{run.workflow} v{run.workflow_version}",
             "template": f"{run.template}@{run.template_version}",
+            # subtle: the YAML names `models:/NAME@champion`, not the version it resolved to; an
+            # alias moved between a run and its resume would mix two combinations in one column
+            "combinations": ",".join(f"{v.name}={v.combination}" for v in run.variants if v.combination),
         }
 
     def _claim_run_dir(self, run: RunRecord) -> None:
@@ -166,7 +169,8 @@ class WorkflowRunner:
             before = read_json_file(path, fix)
             if not isinstance(before, dict):
                 raise WorkflowError(f"{path} holds a JSON {type(before).__name__}, not a run; {fix}")
-            changed = [k for k in ("workflow_hash", "template_hash") if before.get(k) != identity[k]]
+            changed = [k for k in ("workflow_hash", "template_hash", "combinations")
+                       if before.get(k, "") != identity[k]]
             if changed:
                 raise WorkflowError(
                     f"run {self.run_id!r} in {self.run_dir} was started with {before.get('workflow')} / "

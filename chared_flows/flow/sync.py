@@ -93,5 +93,17 @@ def replay(run_dir: Path, tracker: Any) -> str:
         report = run_dir / "report"
         if report.is_dir():
             artifacts += sorted(p for p in report.iterdir() if p.is_file())
-        tracker.on_run_end(run, summarize(records), artifacts)
+        tracker.on_run_end(run, replay_summary(records, report / "ab.json"), artifacts)
         return "finished"
+
+
+def replay_summary(records: list, ab_file: Path) -> dict:
+    """The summary a run's trackers got at its end: the variants' numbers and, for an A/B run,
+    its comparisons and verdicts (from the report's ab.json), so a synced MLflow run holds them too."""
+    from chared_flows.evaluation.ab import summary_entries
+
+    summary = summarize(records)
+    if ab_file.is_file():
+        for variant, entries in summary_entries(read_json_file(ab_file, "delete the report folder and rerun `chared ab` with the same --run-id")).items():
+            summary.setdefault(variant, {}).update(entries)
+    return summary

@@ -200,6 +200,7 @@ def test_interleave_runs_every_variant_on_a_batch_of_samples_before_the_next(wor
 def test_the_timed_sub_sample_decodes_alone_and_the_rest_in_batches(workflow_store, tmp_path) -> None:
     records = runner(workflow_store, tmp_path / "runs", interleave=True, batch_size=8, timed_samples=1).run_all()
     assert [(r.sample_id, r.batch_size) for r in records] == [("s1", 1)] * 3 + [("s2", 2), ("s3", 2)] * 3
+    assert [r.timed for r in records] == [True] * 3 + [False] * 6
     assert [r.variant for r in records][:3] == ["five", "pair-w0.25", "pair-w0.75"]
     with pytest.raises(WorkflowError, match="timed samples -1"):
         runner(workflow_store, tmp_path / "runs", timed_samples=-1)
@@ -209,15 +210,21 @@ def test_timings_are_compared_on_the_pairs_that_decoded_alone() -> None:
     from chared_flows.evaluation.ab import compare
     from chared_flows.records import SampleRecord
 
-    def rec(variant, sample, latency, batch):
-        return SampleRecord("r", "w", 1, "t", 1, "h", variant, sample, {}, "", latency_s=latency, batch_size=batch)
+    def rec(variant, sample, latency, batch, timed=False):
+        return SampleRecord("r", "w", 1, "t", 1, "h", variant, sample, {}, "", latency_s=latency, batch_size=batch,
+                            forward_passes=10, timed=timed)
 
     variants = [VariantSpec("a", ("a",)), VariantSpec("e", ("a", "b"), (0.5, 0.5))]
-    records = [rec("a", "s1", 1.0, 1), rec("e", "s1", 3.0, 1), rec("a", "s2", 1.1, 1), rec("e", "s2", 3.2, 1),
-               rec("a", "s3", 9.0, 8), rec("e", "s3", 9.5, 8)]  # batched pairs: other latencies
-    ab = compare(records, variants, metrics=["latency_s"]).to_dict()
-    means = {s["variant"]: (s["n"], s["mean"]) for s in ab["variants"]}
-    assert means == {"a": (2, pytest.approx(1.05)), "e": (2, pytest.approx(3.1))}
+    records = [rec("a", "s1", 1.0, 1, True), rec("e", "s1", 3.0, 1, True), rec("a", "s2", 1.1, 1, True),
+               rec("e", "s2", 3.2, 1, True), rec("a", "s3", 9.0, 8), rec("e", "s3", 9.5, 8)]  # batched: other latencies
+    ab = compare(records, variants, metrics=["latency_s", "forward_passes"]).to_dict()
+    means = {(s["variant"], s["metric"]): (s["n"], s["mean"]) for s in ab["variants"]}
+    assert means[("a", "latency_s")] == (2, pytest.approx(1.05)) and means[("e", "latency_s")] == (2, pytest.approx(3.1))
+    assert means[("a", "forward_passes")][0] == 3  # passes do not change with the batch: every pair counts
+    # a pair that happened to decode alone (a last chunk of one sample) is not a timed sub-sample
+    untimed = [rec(v, f"s{i}", 1.0 + i, 8 if i < 8 else 1) for v in ("a", "e") for i in range(9)]
+    ab = compare(untimed, variants, metrics=["latency_s"]).to_dict()
+    assert {s["n"] for s in ab["variants"]} == {9} and ab["comparisons"][0]["n"] == 9
 
 
 def test_a_batch_never_holds_two_variants_while_it_is_timed(workflow_store, tmp_path, monkeypatch) -> None:

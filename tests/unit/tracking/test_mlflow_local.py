@@ -269,3 +269,18 @@ def test_the_ab_verdicts_reach_parent_and_children_under_shared_names(tracker_fo
     assert parent.tags["chared_0.5.verdict.vs.smollm2.exact_match"] == comparison["verdict"]
     for name in ("n_samples", "n_errors", "exact_match", "latency_s"):  # the same names in both
         assert parent.metrics[f"smollm2.{name}"] == pytest.approx(single.metrics[name])
+
+
+def test_sync_replays_an_ab_runs_comparisons_and_verdicts(run_record, records, tmp_path):
+    """`chared sync` gives the trackers what the run's end gave them: the A/B entries too."""
+    import json as _json
+
+    from chared_flows.evaluation.ab import compare
+    from chared_flows.flow.sync import replay_summary
+
+    ab = compare(records, run_record.variants).to_dict()
+    (tmp_path / "ab.json").write_text(_json.dumps(ab))
+    summary = replay_summary(records, tmp_path / "ab.json")
+    assert summary["chared_0.5"]["verdict.vs.smollm2.exact_match"] == "no detectable difference"
+    assert "vs.smollm2.exact_match.p_holm" in summary["chared_0.5"] and summary["smollm2"]["n_samples"] == 3
+    assert "verdict.vs.smollm2.exact_match" not in replay_summary(records, tmp_path / "none.json")["chared_0.5"]
