@@ -4,7 +4,8 @@ Each subcommand is a pair of functions, `add_<name>(subparsers)` and `cmd_<name>
 registered in COMMANDS; adding `ab` or `sync` later means adding one more pair.
 Exit codes: 0 ok; 2 a user error (CharedError: one line on stderr; tracebacks are kept for
 real bugs); 3 the results are on disk but a tracker misses part of them (one line per
-tracker; `chared sync` completes it); 130 interrupted (Ctrl-C or SIGTERM: the run's
+tracker; `chared sync` completes it); 4 every pair of a variant failed (one line per such
+variant); 130 interrupted (Ctrl-C or SIGTERM: the run's
 trackers are told, so its MLflow runs end KILLED).
 """
 

@@ -16,27 +16,22 @@ from typing import Any
 from chared_flows.combinations.combination import Combination, TemplateRef, make_combination
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.errors import CharedError, ConfigError
+from chared_flows.flow.results import ResultsFile, read_json_file
 from chared_flows.records import RunRecord, SampleRecord, VariantSpec
 
 RUN_FILE, RECORDS_FILE, AB_FILE = "run.json", "records.jsonl", "report/ab.json"
 
 
 def load_run_dir(run_dir: Path) -> tuple[RunRecord, list[SampleRecord]]:
+    """The run's RunRecord and its records, read as the runner reads them (one line naming the
+    file for a damaged run.json or a corrupt record line; latest row per pair)."""
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise ConfigError(f"no A/B run in {str(run_dir)!r} (no {RUN_FILE}); give the run id of `chared ab` and its --out")
-    run = RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8"))["run"])
-    records = []
-    records_path = run_dir / RECORDS_FILE
-    if records_path.is_file():
-        for line in records_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    records.append(SampleRecord.from_dict(json.loads(line)))
-                except json.JSONDecodeError:
-                    continue  # a torn last line of a killed run; the run's own reader repairs it
-    return run, records
+    data = read_json_file(path, "resume the run with the same --run-id to write it again")
+    run = RunRecord.from_dict(data["run"])
+    return run, ResultsFile(run_dir / RECORDS_FILE).read()
 
 
 def variant_of(run: RunRecord, name: str) -> VariantSpec:

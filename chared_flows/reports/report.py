@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chared_flows.records import RunRecord, SampleRecord
+from chared_flows.records import TIMINGS, RunRecord, SampleRecord
 from chared_flows.reports.plots import bpc_by_domain, score_vs_weight
 
 
@@ -24,7 +24,6 @@ def _fmt(value: Any) -> str:
 
 
 _CI_NAMES = {"exact": "exact binomial", "t": "t", "": "n < 2"}
-TIMINGS = ("latency_s", "chars_per_s", "forward_passes")
 
 
 def _direction(ab: dict[str, Any], metric: str) -> str:
