@@ -37,7 +37,7 @@ def score_vs_weight(ab: dict[str, Any], variants: list[VariantSpec], metric: str
         xs = [x for x, _ in points]
         ys = [s["mean"] for _, s in points]
         err = [[s["mean"] - s["ci_low"] for _, s in points], [s["ci_high"] - s["mean"] for _, s in points]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{' + '.join(members)} ({rule}, {mode})")
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{' + '.join(members)} ({', '.join(x for x in (rule, mode) if x) or 'defaults'})")
     for i, spec in enumerate(v for v in variants if v.is_single and v.name in stats):
         ax.axhline(stats[spec.name]["mean"], linestyle="--", color=f"C{i + 1}", label=f"{spec.name} alone")
     first = next(iter(sweeps))[0][0]

@@ -77,4 +77,4 @@ def test_a_mixture_and_a_product_sweep_are_two_labelled_series(tmp_path, monkeyp
     monkeypatch.setattr(plots, "_pyplot", spy)
     ab = compare(recs, variants).to_dict()
     assert plots.score_vs_weight(ab, variants, "bits_per_char", tmp_path / "p.png")
-    assert labels == ["smol + gemma (mixture, chared)", "smol + gemma (product, chared)"]
+    assert labels == ["smol + gemma (mixture)", "smol + gemma (product)"]  # mode unset: the engine's default
