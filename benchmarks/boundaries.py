@@ -107,7 +107,7 @@ def degenerate(text: str) -> bool:
 def hf_greedy(member: Member, prompt, chars: int) -> str:
     """The member's own transformers greedy output on its canonical tokenization of the prompt."""
     session = member.open_session(prompt)
-    ids = torch.tensor([session.token_ids(b"")])
+    ids = torch.tensor([session.ids.token_ids(b"")])
     tok = member.tokenizer
     with torch.no_grad():
         out = member.assets.model.generate(

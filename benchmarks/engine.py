@@ -59,7 +59,7 @@ def per_token_time(member: Member, n_tokens: int = 48, repeats: int = 2) -> tupl
 def marginal_step_time(member: Member, repeats: int = 200) -> tuple[float, float]:
     """(seconds per widest marginal step, seconds per round preparation) on this member's vocabulary."""
     session = member.open_session(PROMPT)
-    ids = session.token_ids(b"")
+    ids = session.ids.token_ids(b"")
     index = member.assets.index
     sorted_probs, _ = session.next_token_probs(ids)
     start = time.perf_counter()
@@ -69,7 +69,7 @@ def marginal_step_time(member: Member, repeats: int = 200) -> tuple[float, float
     logits = session.runner.next_logits(ids)
     start = time.perf_counter()
     for _ in range(repeats // 4):
-        probs, _ = session._probs(logits)  # softmax, gather into sorted order, to the host
+        probs, _ = session.probs(logits)  # softmax, gather into sorted order, to the host
         probs * index.validity_mask(b"")  # the UTF-8 mask
     prep = (time.perf_counter() - start) / (repeats // 4)
     return step, prep

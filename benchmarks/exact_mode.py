@@ -51,8 +51,8 @@ def split_text(text: str) -> tuple[str, str]:
 def canonical_bits(member: Member, prompt: str, cont: str) -> tuple[float, int]:
     """-log2 P(canonical tokens of the continuation), and the number of those tokens."""
     session = member.open_session(prompt)
-    head = session.token_ids(b"")
-    full = session.token_ids(cont.encode())
+    head = session.ids.token_ids(b"")
+    full = session.ids.token_ids(cont.encode())
     assert full[: len(head)] == head, "prompt tokens are not a prefix of the full tokenization"
     positions = {int(t): k for k, t in enumerate(member.assets.index.sorted_ids)}
     nats = 0.0

@@ -48,6 +48,7 @@ import numpy as np
 
 from chared_flows.decoding.config import DecodeFields
 from chared_flows.decoding.index import END, EOS, NUM_OPTIONS, Split
+from chared_flows.decoding.ahead import queue_beam_ahead
 from chared_flows.decoding.members import MemberSession
 from chared_flows.decoding.rounds import Cursor, EnsembleRound, MemberRound, Rule
 from chared_flows.decoding.backends.scheduler import gather
@@ -73,7 +74,7 @@ class Path:
     hi: int = 0
     cache: object | None = None  # the runner's snapshot after this path's pass
     parent_cache: object | None = None  # the snapshot this path's pass starts from
-    queued_ahead: bool = False  # scoring: the passes of the paths it spawns are queued (ExactBeam.queue_ahead)
+    queued_ahead: bool = False  # scoring: the passes of the paths it spawns are queued (ahead.queue_beam_ahead)
 
     def log_weight(self) -> float:
         if not self.q:
@@ -120,7 +121,7 @@ class ExactBeam:
         """
         log_threshold = math.log(prune_threshold) if prune_threshold > 0 else -math.inf
         for backoff in range(backoff_tokens, -1, -1):
-            anchor_ids, tail = session.anchor(backoff, generated)
+            anchor_ids, tail = session.ids.anchor(backoff, generated)
             beam = cls(session, [Path(tuple(anchor_ids), 0.0)], beam_width, log_threshold)
             for byte in tail:
                 beam = beam.advance(byte)
@@ -273,86 +274,21 @@ class ExactBeam:
         """
         owed = [p for p in self.paths if p.probs is None]
         for path in owed:
-            if not self.session.fits(path.ids):
+            if not self.session.ids.fits(path.ids):
                 self.window_full = True
                 self.paths = []
                 return []
         queued = []
         for path in owed:
-            known = self.session.prefilled(path.ids)
+            known = self.session.ahead.prefilled(path.ids)
             if known is not None:  # scoring: a prefix of the text's canonical tokens, computed at once
                 self.settle(path, known)
                 continue
-            request = self.session.take_ahead(path.ids)  # scoring: queued before it was owed (queue_ahead)
+            request = self.session.ahead.take(path.ids)  # scoring: queued before it was owed (queue_ahead)
             if request is None:
                 request = self.session.submit_probs(path.ids, parent=path.parent_cache, fork=True)
             queued.append((path, request))
         return queued
-
-    def queue_ahead(self, ahead: bytes, horizon: int = 64) -> None:
-        """Scoring, where the text `ahead` is known: queue the passes of the paths it will spawn.
-
-        A path's current token can end at several later bytes of the text, each spawning a
-        boundary path that owes a pass from this path's cache. Queued now, those passes
-        leave together with the next pass the scoring waits for, instead of one decode step
-        each. Where a spawn is a prefix of the text's canonical tokens, the prefill already
-        holds its pass: it is followed too (its own spawns are queued), up to `horizon`
-        bytes ahead, so one batch holds the passes of many canonical tokens to come.
-
-        Only spawns sure to pass the prune threshold when spawned are queued: `n` bytes
-        ahead the beam's mass is at most (relative to now) bound[n], the mass of every
-        path's tokens that start with the bytes read so far plus, for each path spawned on
-        the way, its own weight (its descendants weigh no more) or, where it is followed,
-        its tokens' mass; a spawn of weight w survives if w >= threshold * bound[n] (beam
-        width aside). Work: a few binary searches per path and byte, once per path.
-        """
-        fresh = [p for p in self.paths if p.probs is not None and not p.queued_ahead]
-        if not fresh:
-            return
-        horizon = min(len(ahead), horizon)
-        ref = max(p.logp for p in self.paths)
-        bound = np.zeros(horizon + self.index.max_len + 2)
-        spawns: list[tuple[int, float, object, tuple]] = []  # (bytes ahead, weight, parent cache, ids)
-        # (offset, weight relative to ref, probs, ids, cache, q, lo, hi, whose spawns get queued)
-        walks = [(0, math.exp(p.logp - ref), p.probs, p.ids, p.cache, p.q, p.lo, p.hi, p in fresh)
-                 for p in self.paths if p.probs is not None]
-        while walks:
-            offset, scale, probs, ids, cache, q, lo, hi, queue = walks.pop()
-            for at, mass, ends in self._token_ends(ids, q, lo, hi, probs, ahead[offset:]):
-                at += offset
-                bound[at] += scale * mass
-                for k, p in ends:
-                    weight, child = scale * p, ids + (int(self.index.sorted_ids[k]),)
-                    known = self.session.prefilled(child, peek=True) if at < horizon else None
-                    if known is None:
-                        bound[at + 1:] += weight  # its descendants weigh no more than it
-                    else:  # a prefix of the canonical tokens: its pass is known, follow it
-                        walks.append((at, weight, known[0], child, known[2], b"", 0, len(self.index), True))
-                    if queue and at <= horizon:
-                        spawns.append((at, weight, cache, child))
-        threshold = math.exp(self.log_threshold) if self.log_threshold > -math.inf else 0.0
-        for at, weight, cache, ids in spawns:
-            if weight >= threshold * bound[at]:
-                self.session.queue_ahead(ids, cache)
-        for path in fresh:
-            path.queued_ahead = True
-
-    def _token_ends(self, ids: tuple, q: bytes, lo: int, hi: int, probs: np.ndarray, ahead: bytes) -> list:
-        """Where the current token after `ids` (read so far: q) can end along `ahead`, memoised per (ids, q).
-
-        [(bytes ahead, mass of the tokens that start with q + those bytes, [(sorted index, p) of the
-        tokens equal to it])]. The node's place in the text is fixed by ids and q, so the walk
-        is too: queue_ahead meets the same nodes at many bytes (Gemma-3: 16 of 40 s without this).
-        """
-        key = (ids, q)
-        walk = self.session.token_ends.get(key)
-        if walk is None:
-            walk = []
-            for n, lo_n, hi_n, end in self.index.prefix_ranges(q + ahead, lo, hi, len(q)):
-                ends = [(k, float(probs[k])) for k in range(lo_n, end) if probs[k] > 0]
-                walk.append((n - len(q), float(probs[lo_n:hi_n].sum()), ends))
-            self.session.token_ends[key] = walk
-        return walk
 
     def settle(self, path: Path, result: tuple) -> None:
         path.probs, path.eos, path.cache = result
@@ -396,10 +332,10 @@ class ExactSource:
             beam.settle(path, result)
 
     def queue_ahead(self, ahead: bytes) -> None:
-        """Scoring: queue the passes the known text `ahead` will owe (see ExactBeam.queue_ahead)."""
+        """Scoring: queue the passes the known text `ahead` will owe (ahead.queue_beam_ahead)."""
         for beam in self.beams:
             if beam is not None:
-                beam.queue_ahead(ahead)
+                queue_beam_ahead(beam, ahead)
 
     def member_distributions(self) -> list[np.ndarray | None]:
         self.prepare()

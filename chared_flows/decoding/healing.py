@@ -34,14 +34,14 @@ def heal_prompt(sessions: Sequence[MemberSession]) -> bytes:
     """Cut the healing tail off every session's context; return the cut bytes (b"" if none)."""
     if not sessions:
         return b""
-    texts = [s.context_text.encode("utf-8") for s in sessions]
-    boundaries = [{n_bytes for _, n_bytes in s.tail_boundaries(MAX_HEALED_TOKENS)} for s in sessions]
+    texts = [s.ids.context_text.encode("utf-8") for s in sessions]
+    boundaries = [{n_bytes for _, n_bytes in s.ids.tail_boundaries(MAX_HEALED_TOKENS)} for s in sessions]
     cut = _choose_cut(texts, boundaries)
     if not cut:
         return b""
     tail = texts[0][-cut:]
     for session in sessions:
-        session.context_text = session.context_text[: -len(tail.decode("utf-8"))]
+        session.ids.context_text = session.ids.context_text[: -len(tail.decode("utf-8"))]
     return tail
 
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from chared_flows.decoding.exact import ExactBeam, ExactSource
 from chared_flows.decoding.index import END
-from chared_flows.decoding.members import Member, MemberSession
+from chared_flows.decoding.driver import ending_tokens, open_round, open_sessions
+from chared_flows.decoding.members import Member
 from chared_flows.decoding.rounds import EnsembleRound
 from chared_flows.decoding.backends.scheduler import Client, bound
 from chared_flows.decoding.utf8 import split_complete
@@ -50,7 +51,7 @@ class Scorable(Protocol):
     config: Any
 
 LN2 = math.log(2.0)
-QUEUE_AHEAD = True  # exact scoring queues the passes of later bytes ahead (ExactBeam.queue_ahead); benchmarks toggle it
+QUEUE_AHEAD = True  # exact scoring queues the passes of later bytes ahead (ahead.queue_beam_ahead); benchmarks toggle it
 
 
 @dataclass
@@ -81,15 +82,6 @@ class ScoreResult:
         )
 
 
-def _open_sessions(ens: Scorable, prompt) -> list[MemberSession | None]:
-    sessions: list[MemberSession | None] = []
-    for member, weight in zip(ens.members, ens.weights):
-        session = member.open_session(prompt)
-        session.check_prompt_fits()
-        sessions.append(session if weight > 0 else None)
-    return sessions
-
-
 def _passes(ens: Scorable, sessions) -> dict[str, int]:
     return {n: s.pass_counts().forward_passes for n, s in zip(ens.names, sessions) if s is not None}
 
@@ -112,7 +104,7 @@ def scoring(score):
 
     @functools.wraps(score)
     def wrapped(ens: Scorable, prompt, text: str) -> ScoreResult:
-        sessions = _open_sessions(ens, prompt)
+        sessions = open_sessions(ens.members, ens.weights, prompt)
         with bound(Client(s.scheduler for s in sessions if s is not None)):
             return score(ens, sessions, text)
 
@@ -124,7 +116,7 @@ def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     cfg = ens.config
     for session in sessions:
         if session is not None:
-            session.prefill_text(text.encode("utf-8"))
+            session.ahead.prefill_text(text.encode("utf-8"))
     beams = [None if s is None else ExactBeam.start(s, cfg.beam_width, cfg.prune_threshold) for s in sessions]
     source = ExactSource(beams, ens.combine, ens.weights)
     logprobs = []
@@ -142,7 +134,7 @@ def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     finally:
         for session in sessions:
             if session is not None:
-                session.cancel_ahead()
+                session.ahead.cancel()
     pruned = max((b.pruned_mass for b in source.beams if b is not None), default=0.0)
     result = ScoreResult.from_logprobs(logprobs, text, pruned, _passes(ens, sessions))
     result.reseeds = {n: r for n, r in zip(ens.names, source.reseeds) if r}
@@ -161,7 +153,7 @@ def score_chared(ens: Scorable, sessions, text: str) -> ScoreResult:
     data = text.encode("utf-8")
     n = len(data)
     states: list[dict[tuple, float]] = [{} for _ in range(n + 1)]
-    states[0][tuple(None if s is None else tuple(s.token_ids(b"")) for s in sessions)] = 0.0
+    states[0][tuple(None if s is None else tuple(s.ids.token_ids(b"")) for s in sessions)] = 0.0
     log_prefix = np.full(n + 1, -math.inf)
     log_prefix[0] = 0.0
     cfg = ens.config
@@ -184,12 +176,10 @@ def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_al
                 states: list[dict[tuple, float]], log_prefix: np.ndarray) -> None:
     """One round opened at byte j in state `key`, forced to follow data: add its END and prefix mass."""
     pending = split_complete(data[:j])[1]
-    members = []
     for session, ids in zip(sessions, key):
-        if ids is not None and not session.fits(ids):
+        if ids is not None and not session.ids.fits(ids):
             raise _too_long(ens, sessions, j)
-        members.append(None if ids is None else session.member_round(ids, pending))
-    node = EnsembleRound(members, ens.combine, ens.weights, pending)
+    node = open_round(sessions, key, pending, ens.combine, ens.weights)  # the members' passes run together
     log_round = log_alpha
     for i in range(j, len(data)):
         dist = node.distribution()
@@ -209,12 +199,7 @@ def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_al
 def _state_after(sessions, key: tuple, node: EnsembleRound, origin: bytes, written: bytes) -> tuple:
     """Each member's ids once the round ends here, as generation records them (MemberSession.follow)."""
     out = []
-    alone = sum(m is not None for m in node.members) == 1
-    for session, ids, member in zip(sessions, key, node.members):
-        if session is None:
-            out.append(None)
-            continue
-        token = member.ending_token(alone) if member is not None else None
-        following = session.continued_ids(ids, origin, written, token)
+    for session, ids, token in zip(sessions, key, ending_tokens(node)):
+        following = None if session is None else session.ids.continued_ids(ids, origin, written, token)
         out.append(None if following is None else tuple(following))
     return tuple(out)

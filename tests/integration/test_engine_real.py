@@ -112,7 +112,7 @@ def test_greedy_with_one_member_reproduces_its_own_transformers_greedy_text(memb
     compares whole characters instead, by design; these prompts have no such token.)
     """
     session = member.open_session(prompt)
-    ids = torch.tensor([session.token_ids(b"")])
+    ids = torch.tensor([session.ids.token_ids(b"")])
     out = member.assets.model.generate(ids, max_new_tokens=30, do_sample=False,
                                        pad_token_id=member.tokenizer.eos_token_id)
     want = member.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

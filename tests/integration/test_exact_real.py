@@ -25,7 +25,7 @@ def pair():
 
 def canonical_bits(member: Member, prompt: str, continuation: str) -> float:
     session = member.open_session(prompt)
-    head, full = session.token_ids(b""), session.token_ids(continuation.encode())
+    head, full = session.ids.token_ids(b""), session.ids.token_ids(continuation.encode())
     assert full[: len(head)] == head
     pos = {int(t): k for k, t in enumerate(member.assets.index.sorted_ids)}
     nats = 0.0

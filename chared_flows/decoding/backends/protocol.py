@@ -21,6 +21,7 @@ was not given: the softmax then renormalises over what it saw.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -94,3 +95,27 @@ class FactoryBackend:
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
+
+
+@dataclass
+class PassCounts:
+    forward_passes: int = 0
+    tokens_fed: int = 0
+    cache_rebuilds: int = 0
+
+    @classmethod
+    def of(cls, runner: Any) -> "PassCounts":
+        return cls(runner.forward_passes, runner.tokens_fed, runner.cache_rebuilds)
+
+    def __add__(self, other: "PassCounts") -> "PassCounts":
+        return PassCounts(self.forward_passes + other.forward_passes, self.tokens_fed + other.tokens_fed,
+                          self.cache_rebuilds + other.cache_rebuilds)
+
+    def __sub__(self, other: "PassCounts") -> "PassCounts":
+        return PassCounts(self.forward_passes - other.forward_passes, self.tokens_fed - other.tokens_fed,
+                          self.cache_rebuilds - other.cache_rebuilds)
+
+    def add(self, other: "PassCounts") -> None:
+        self.forward_passes += other.forward_passes
+        self.tokens_fed += other.tokens_fed
+        self.cache_rebuilds += other.cache_rebuilds

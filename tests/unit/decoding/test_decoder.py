@@ -3,7 +3,7 @@ import pytest
 from scipy import stats
 
 from chared_flows.decoding import Ensemble
-from chared_flows.decoding.decoder import _Decoding
+from chared_flows.decoding.generation import Generation
 from chared_flows.errors import ConfigError
 from tests.fixtures.tiny import scripted_member, tiny_member
 
@@ -19,16 +19,16 @@ def bf():
 
 
 def first_round_bytes(ens, prompt, seed, temperature):
-    run = _Decoding(ens, prompt, ens.config.replace(max_new_chars=10_000, temperature=temperature, seed=seed))
-    for _ in run._round():
+    run = Generation(ens, prompt, ens.config.replace(max_new_chars=10_000, temperature=temperature, seed=seed))
+    for _ in run.steps.step():
         pass
-    return "EOS" if run.finish == "eos" else (run.round_bytes[0] if run.round_bytes else b"")
+    return "EOS" if run.finish == "eos" else (run.steps.round_bytes[0] if run.steps.round_bytes else b"")
 
 
 def expected_first_token_distribution(member, prompt, temperature):
     """The member's own next-token distribution, grouped by token bytes, over valid UTF-8 tokens + EOS."""
     session = member.open_session(prompt)
-    logits = session.runner.next_logits(session.token_ids(b"")).double()
+    logits = session.runner.next_logits(session.ids.token_ids(b"")).double()
     vocab = member.assets.vocab
     probs = np.exp((logits / temperature - (logits / temperature).max()).numpy())[: len(vocab)]
     out: dict = {}
@@ -72,10 +72,10 @@ def test_greedy_writes_the_most_probable_token_not_the_largest_byte_marginal(kin
     for prompt in ("Tom has", "Emoji: ", "def add(a, b):\n"):
         want = expected_first_token_distribution(member, prompt, 1.0)
         best = max(want, key=want.get)
-        run = _Decoding(ens, prompt, ens.config.replace(max_new_chars=10_000))
-        for _ in run._round():
+        run = Generation(ens, prompt, ens.config.replace(max_new_chars=10_000))
+        for _ in run.steps.step():
             pass
-        got = "EOS" if run.finish == "eos" and not run.round_bytes else run.round_bytes[0]
+        got = "EOS" if run.finish == "eos" and not run.steps.round_bytes else run.steps.round_bytes[0]
         assert got == best, (prompt, got, best)
 
 

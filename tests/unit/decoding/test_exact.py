@@ -92,8 +92,8 @@ def test_exact_distribution_equals_brute_force(kind, prompt, continuation):
     member = f64_member(kind, seed=3)
     beam = ExactBeam.start(member.open_session(prompt), **NO_PRUNING)
     brute = BruteForce(member)
-    anchor = tuple(member.open_session(prompt).anchor(4)[0])
-    consumed = member.open_session(prompt).anchor(4)[1]
+    anchor = tuple(member.open_session(prompt).ids.anchor(4)[0])
+    consumed = member.open_session(prompt).ids.anchor(4)[1]
     for byte in continuation.encode("utf-8") + b"":
         got = beam.distribution(split_complete(consumed)[1])
         # Brute force over all 256 bytes is slow; check every byte the beam gives mass
@@ -117,7 +117,7 @@ def test_exact_prefix_mass_matches_brute_force_total():
     member = f64_member("byte_level", seed=4)
     brute = BruteForce(member)
     session = member.open_session("Tom")
-    anchor = tuple(session.anchor(4)[0])
+    anchor = tuple(session.ids.anchor(4)[0])
     beam = ExactBeam.start(session, **NO_PRUNING)
     text = b" has"
     logp_beam = 0.0
@@ -147,7 +147,7 @@ def test_prompt_tail_is_marginalised_across_the_boundary():
     """The prompt "Tom h" ends mid-word; exact mode's first byte equals the brute force over "Tom h"."""
     member = f64_member("byte_fallback", seed=3)
     session = member.open_session("Tom h")
-    anchor, tail = session.anchor(4)
+    anchor, tail = session.ids.anchor(4)
     assert tail.endswith(b"h") and len(anchor) >= 1
     ens = Ensemble([member], mode="exact", **NO_PRUNING)
     score = ens.score("Tom h", "as")
@@ -216,13 +216,13 @@ def test_scoring_with_the_prefilled_canonical_tokens_equals_pass_by_pass(kind, a
     (gemma3: a 6-token sliding window, shorter than the text, so the prefill's snapshots of
     early prefixes must come from the sliding layers' full history.)
     """
-    from chared_flows.decoding.members import MemberSession
+    from chared_flows.decoding.ahead import AheadPasses
 
     member = f64_member(kind, seed=5, arch=arch)
     ens = Ensemble([member], mode="exact", prune_threshold=1e-4)
     text = " has 3 apples. Café 😀\n    return a + b"
     prefilled = ens.score("Tom", text)
-    monkeypatch.setattr(MemberSession, "prefill_text", lambda self, text: None)
+    monkeypatch.setattr(AheadPasses, "prefill_text", lambda self, text: None)
     pass_by_pass = ens.score("Tom", text)
     np.testing.assert_allclose(prefilled.byte_logprobs, pass_by_pass.byte_logprobs, rtol=1e-9, atol=1e-12)
     name = ens.names[0]

@@ -88,21 +88,21 @@ def test_prompt_longer_than_the_window_names_member_and_excess():
     member = tiny_member("byte_level", name="small-window")
     session = member.open_session("The quick brown fox. " * 200)
     with pytest.raises(ContextWindowError, match=r"member 'small-window'.*window is 512.*tokens too many"):
-        session.check_prompt_fits()
+        session.ids.check_prompt_fits()
 
 
 def test_empty_prompt_starts_from_bos_or_eos():
     for kind, tok in (("byte_level", byte_level_tokenizer()), ("byte_fallback", byte_fallback_tokenizer())):
         session = tiny_member(kind).open_session("")
-        ids = session.token_ids(b"")
+        ids = session.ids.token_ids(b"")
         assert len(ids) == 1 and ids[0] in (tok.bos_token_id, tok.eos_token_id)
-        assert session.token_ids(b"ab")[0] == ids[0]
+        assert session.ids.token_ids(b"ab")[0] == ids[0]
 
 
 def test_incomplete_tail_is_fed_as_single_byte_tokens():
     member = tiny_member("byte_fallback")
     session = member.open_session("x")
-    ids = session.token_ids("é".encode() + b"\xf0\x9f")
+    ids = session.ids.token_ids("é".encode() + b"\xf0\x9f")
     vocab = member.assets.vocab
     assert [vocab.token_bytes(i) for i in ids[-2:]] == [b"\xf0", b"\x9f"]
 
@@ -189,11 +189,11 @@ def test_a_member_cut_by_another_continues_its_own_history(kind):
     the member's own ids; the tokens it wrote in earlier rounds are never rewritten."""
     member = tiny_member(kind)
     session = member.open_session("Tom")
-    base = session.token_ids(b"") + member.encode(" ha", add_special_tokens=False)
-    session._own[b" ha"] = list(base)  # rounds so far: "Tom" + " ha" (its own tokens)
-    session.follow(b" ha", b"s 3", None)  # the next round, cut by another member
-    ids = session.token_ids(b" has 3")
+    base = session.ids.token_ids(b"") + member.encode(" ha", add_special_tokens=False)
+    session.ids._own[b" ha"] = list(base)  # rounds so far: "Tom" + " ha" (its own tokens)
+    session.ids.follow(b" ha", b"s 3", None)  # the next round, cut by another member
+    ids = session.ids.token_ids(b" has 3")
     assert ids[: len(base)] == base  # history kept: no canonical merge of " ha" + "s"
     assert b"".join(member.assets.vocab.tokens[i] for i in ids[len(base):]) == b"s 3"
-    session.follow(b" has 3", b"\xf0\x9f", None)  # half an emoji: single-byte tokens
-    assert session.token_ids(b" has 3\xf0\x9f")[: len(ids)] == ids
+    session.ids.follow(b" has 3", b"\xf0\x9f", None)  # half an emoji: single-byte tokens
+    assert session.ids.token_ids(b" has 3\xf0\x9f")[: len(ids)] == ids

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chared_flows.decoding import Ensemble, ScoreResult
-from chared_flows.decoding.decoder import _Decoding
+from chared_flows.decoding.generation import Generation
 from chared_flows.errors import ConfigError
 from tests.fixtures.tiny import scripted_member, tiny_member
 
@@ -42,7 +42,7 @@ def test_empty_continuation_is_a_clear_error_not_nan(bl, mode):
 
 
 def _decoding(ens, prompt):
-    return _Decoding(ens, prompt, ens.config.replace(max_new_chars=10))
+    return Generation(ens, prompt, ens.config.replace(max_new_chars=10))
 
 
 def test_scripted_text_scores_near_zero_bits_in_both_modes():
@@ -56,7 +56,7 @@ def test_chared_score_of_a_one_round_text_matches_the_procedure(bl):
     """Sum over round ends, checked on the first byte: P(first byte) equals the first step's choice."""
     ens = Ensemble([bl], mode="chared")
     session = bl.open_session("Tom has")
-    dist = session.member_round(session.token_ids(b""), b"").distribution(b"")
+    dist = session.member_round(session.ids.token_ids(b""), b"").distribution(b"")
     result = ens.score("Tom has", " 3")
     assert result.byte_logprobs[0] == pytest.approx(math.log(dist[ord(" ")]), rel=1e-9)
 
@@ -68,7 +68,7 @@ def test_chared_score_sums_over_where_the_first_round_ends(bl):
 
     def step(prefix: bytes, start: int):
         """Option distribution in a round opened at `start`, after in-round bytes `prefix`."""
-        node = session.member_round(session.token_ids(prefix[:start]), b"")
+        node = session.member_round(session.ids.token_ids(prefix[:start]), b"")
         for byte in prefix[start:]:
             node = node.advance(byte, b"")
         return node.distribution(b"")
@@ -90,8 +90,8 @@ def test_exact_one_member_beats_or_equals_canonical_tokenization(bl):
     prompt, text = "Tom", " has 3"
     exact = Ensemble([bl], mode="exact", beam_width=65_536, prune_threshold=0.0).score(prompt, text)
     session = bl.open_session(prompt)
-    full = session.token_ids(text.encode())
-    start = len(session.token_ids(b""))
+    full = session.ids.token_ids(text.encode())
+    start = len(session.ids.token_ids(b""))
     canonical = 0.0
     for i in range(start, len(full)):
         probs, _ = session.next_token_probs(full[:i])
@@ -107,8 +107,8 @@ def test_token_healing_rewrites_the_cut_bytes_without_emitting_them(bl, bf):
     assert len(result.text) <= 10 and result.text.encode().decode() == result.text
     assert result.stats.chars == len(result.text)
     run = _decoding(ens, "Tom has 3 app")
-    assert run.forced and b"Tom has 3 app".endswith(run.forced)
-    assert all(s.context_text == "Tom has 3 app"[: -len(run.forced)] for s in run.sessions)
+    assert run.output.forced and b"Tom has 3 app".endswith(run.output.forced)
+    assert all(s.ids.context_text == "Tom has 3 app"[: -len(run.output.forced)] for s in run.sessions)
     assert isinstance(plain.text, str)
 
 
@@ -116,7 +116,7 @@ def test_token_healing_scripted_member_continues_the_word():
     """Healed, a member that writes "apples." after the cut continues the word; only "les." is output."""
     prompt = "Tom has 3 app"
     probe = _decoding(Ensemble([scripted_member("x")], mode="chared", token_healing=True), prompt)
-    cut = probe.forced.decode()
+    cut = probe.output.forced.decode()
     assert cut and prompt.endswith(cut) and cut.endswith("app")
     ens = Ensemble([scripted_member(cut + "les.")], mode="chared", token_healing=True)
     result = ens.generate(prompt, max_new_chars=100)
