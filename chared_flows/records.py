@@ -143,10 +143,7 @@ def variant_summary(records: list[SampleRecord]) -> dict[str, float]:
     """
     ok = [r for r in records if not r.error]
     out: dict[str, float] = {"n_samples": float(len(records)), "n_errors": float(len(records) - len(ok))}
-    for name in sorted({name for r in ok for name in r.scores}):
-        mean = _finite_mean([r.scores[name] for r in ok if name in r.scores])
-        if mean is not None:
-            out[name] = mean
+    out.update(score_means(ok))
     for name in TIMINGS:
         mean = _finite_mean([float(getattr(r, name)) for r in ok])
         if mean is not None:
@@ -155,6 +152,17 @@ def variant_summary(records: list[SampleRecord]) -> dict[str, float]:
     sizes = {r.batch_size for r in ok if r.batch_size}
     if sizes:  # the timings above were taken with this many of the variant's pairs side by side
         out["batch_size"] = float(max(sizes))
+    return out
+
+
+def score_means(records: list[SampleRecord]) -> dict[str, float]:
+    """Each score's mean under its own name, over the given records' finite values (a score
+    with none is left out). Callers pass the records without an error."""
+    out: dict[str, float] = {}
+    for name in sorted({name for r in records for name in r.scores}):
+        mean = _finite_mean([r.scores[name] for r in records if name in r.scores])
+        if mean is not None:
+            out[name] = mean
     return out
 
 

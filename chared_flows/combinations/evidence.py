@@ -9,7 +9,6 @@ changes.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from chared_flows.combinations.combination import Combination, TemplateRef, make
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.errors import CharedError, ConfigError
 from chared_flows.flow.results import ResultsFile, read_json_file
-from chared_flows.records import RunRecord, SampleRecord, VariantSpec
+from chared_flows.records import RunRecord, SampleRecord, VariantSpec, score_means
 
 RUN_FILE, RECORDS_FILE, AB_FILE = "run.json", "records.jsonl", "report/ab.json"
 
@@ -50,14 +49,10 @@ def decode_config_of(variant: VariantSpec) -> tuple[DecodeConfig, bool]:
 
 
 def record_metrics(rows: list[SampleRecord]) -> dict[str, Any]:
-    """n, errors and the mean of each score over the variant's error-free rows."""
+    """n, errors and the mean of each score over the variant's error-free rows (the means are
+    records.score_means, as in the run's summary; the shape is the combination's evidence)."""
     good = [r for r in rows if not r.error]
-    means: dict[str, float] = {}
-    for name in sorted({k for r in good for k in r.scores}):
-        values = [float(r.scores[name]) for r in good if name in r.scores and math.isfinite(float(r.scores[name]))]
-        if values:
-            means[name] = sum(values) / len(values)
-    return {"n": len(rows), "errors": len(rows) - len(good), "means": means}
+    return {"n": len(rows), "errors": len(rows) - len(good), "means": score_means(good)}
 
 
 def report_evidence(run_dir: Path, variant: str) -> dict[str, Any]:

@@ -68,13 +68,9 @@ class LiveReport:
         return asdict(self)
 
 
-def _binary(values: np.ndarray) -> bool:
-    return bool(len(values)) and bool(np.all((values == 0) | (values == 1)))
-
-
 def compare_two(challenger: np.ndarray, control: np.ndarray, alpha: float = ALPHA) -> dict:
     """diff = mean(challenger) - mean(control), its interval and p-value, by the metric's kind."""
-    if _binary(challenger) and _binary(control):
+    if st.is_binary(challenger) and st.is_binary(control):
         k1, n1, k0, n0 = int(challenger.sum()), len(challenger), int(control.sum()), len(control)
         with warnings.catch_warnings():  # subtle: statsmodels also computes an odds ratio, 1/0 at 6 of 6
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -5,7 +5,7 @@ calls, in order: `on_run_start(run)`, `on_record(record)` for every sample, and
 `on_run_end(run, summary, artifacts)` once; or, when the run stops early,
 `on_run_abort(run, status)` with "KILLED" or "FAILED" (optional for a tracker).
 Trackers must not block decoding for long: a slow backend defers its work (see
-`promptlayer.py`) or stops trying after its first failure (see `mlflow.py`).
+`promptlayer.py`) or stops trying after its first failure (see `mlflow/tracker.py`).
 """
 
 from __future__ import annotations

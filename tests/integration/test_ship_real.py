@@ -13,16 +13,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.mlflow_server import MlflowServer, free_port
+from tests.support.mlflow_server import MlflowServer
+from tests.support.servers import free_port, wait_http
+from tests.support.servers import server as serve_process
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -93,42 +92,17 @@ def test_pyfunc_and_langchain_by_alias_give_the_records_greedy_text(promoted):
 def test_mlflow_models_serve_answers_on_loopback(project, promoted):
     folder, server = project
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+    env = {"MLFLOW_TRACKING_URI": server.url, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true",
            # subtle: the server execs `uvicorn` by name, so the environment's bin folder must be on PATH
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(folder / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/ship@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/ping", proc, folder / "serve.log")
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/ship@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    log = folder / "serve.log"
+    with serve_process(cmd, port, log, env=env, cwd=folder, timeout=300) as proc:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=300, what="mlflow models serve")
         body = json.dumps({"inputs": [promoted["prompt"]]}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as answer:
             assert json.loads(answer.read()) == {"predictions": [promoted["output"]]}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow models serve not up after {timeout_s}s: {log.read_text()[-3000:]}")

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
+from tests.support.servers import free_port, wait_http
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["MlflowServer", "free_port"]
 
 
 class MlflowServer:
@@ -44,18 +40,13 @@ class MlflowServer:
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             env=env, cwd=self.folder, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop(kill=True)
-        raise RuntimeError(f"mlflow server not healthy after {timeout_s}s: {self.log_tail()}")
+        try:
+            wait_http(f"{self.url}/health", self.proc, self.folder / "server.log", timeout_s, "mlflow server")
+        except RuntimeError:
+            if self.proc.poll() is None:  # not healthy in time: a crash, so nothing is left running
+                self.stop(kill=True)
+            raise
+        return self
 
     def stop(self, kill: bool = False) -> None:
         """End the server and every process of its group; `kill=True` is a crash."""

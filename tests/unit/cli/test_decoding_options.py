@@ -8,25 +8,10 @@ import logging
 import pytest
 
 import chared_flows
-import chared_flows.integrations.langchain as lc
 from chared_flows import cli
-from chared_flows.decoding import DecodeConfig, Member
+from chared_flows.decoding import DecodeConfig
 from chared_flows.decoding.config import DecodeFields
 from tests.unit.cli.test_cli import project, run_cli  # noqa: F401  (fixture and helper)
-
-
-@pytest.fixture
-def no_model_loads(project, monkeypatch):  # noqa: F811
-    """Every model load is recorded and refused: a check that passes must not need one."""
-    loads: list[str] = []
-
-    def refuse(spec, *args, **kwargs):
-        loads.append(spec)
-        raise AssertionError(f"model {spec!r} was loaded")
-
-    monkeypatch.setattr(Member, "load", staticmethod(refuse))
-    monkeypatch.setattr(lc, "_load_member", refuse)
-    return loads
 
 
 def test_every_decoding_field_is_a_flag_with_help_and_choices() -> None:

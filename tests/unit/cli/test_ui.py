@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mlflow_server import free_port
+from tests.support.servers import free_port, stop
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -54,12 +53,7 @@ def test_the_ui_serves_the_runs_of_this_projects_store(tmp_path) -> None:
         names = _experiments(port, proc)
         assert "chared/seen-in-the-ui" in names
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop(proc, timeout=20)
 
 
 def _experiments(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> list[str]:

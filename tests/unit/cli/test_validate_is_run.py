@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import chared_flows.integrations.langchain as lc
-from chared_flows.decoding import Member
 from chared_flows.evaluation import base as evaluation
 from tests.unit.cli.test_cli import project, run_cli  # noqa: F401  (fixture and helper)
 
@@ -119,22 +117,15 @@ CASES = {
 
 
 @pytest.fixture
-def no_model_loads(project, monkeypatch):  # noqa: F811
-    """Every model load is recorded and refused: a check that passes must not need one."""
-    loads: list[str] = []
-
-    def refuse(spec, *args, **kwargs):
-        loads.append(spec)
-        raise AssertionError(f"model {spec!r} was loaded")
-
-    monkeypatch.setattr(Member, "load", staticmethod(refuse))
-    monkeypatch.setattr(lc, "_load_member", refuse)
+def no_model_loads(no_model_loads, project, monkeypatch):  # noqa: F811
+    """The shared refusal of model loads (tests/unit/cli/conftest.py), plus the files the
+    cases point at and no PromptLayer key."""
     monkeypatch.delenv("PROMPTLAYER_API_KEY", raising=False)
     (project / "emptydir").mkdir()
     (project / "fake.gguf").write_bytes(b"not a model")
     (project / "notes.txt").write_text("Question: q1\n")
     (project / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
-    return loads
+    return no_model_loads
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -212,7 +212,7 @@ def test_templates_are_published_in_mlflow_syntax_linked_and_a_registry_failure_
         linked = json.loads(tracker.client.get_run(run_id).data.tags["mlflow.linkedPrompts"])
         assert linked == [{"name": "gsm8k_cot", "version": "1"}]
 
-    import chared_flows.tracking.mlflow as module
+    import chared_flows.tracking.mlflow.prompts as module  # where the tracker looks it up
 
     def broken(*args, **kwargs):
         raise RuntimeError("registry down")
