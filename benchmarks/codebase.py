@@ -46,7 +46,8 @@ def module_name(path: Path, base: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(tree: ast.AST, name: str, is_package: bool) -> set[str]:
+def imports(tree: ast.AST, name: str, is_package: bool) -> set:
+    """Modules named by imports: a name, or (module, name) for `from module import name`."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -57,9 +58,16 @@ def imports(tree: ast.AST, name: str, is_package: bool) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{a.name}" for a in node.names)
+            found.update((module, a.name) for a in node.names)
     return found
+
+
+def resolve(target, modules: set[str]) -> str:
+    """`from pkg import sub` names the submodule pkg.sub when there is one, else pkg itself."""
+    if isinstance(target, tuple):
+        module, name = target
+        return f"{module}.{name}" if f"{module}.{name}" in modules else module
+    return target
 
 
 def shape(base: Path) -> dict:
@@ -80,7 +88,8 @@ def shape(base: Path) -> dict:
         name = module_name(path, base)
         graph[name] = imports(tree, name, path.name == "__init__.py")
     modules = set(graph)
-    edges = {m: {i for i in targets if i in modules and i != m} for m, targets in graph.items()}
+    edges = {m: {t for t in map(lambda i: resolve(i, modules), targets) if t in modules and t != m}
+             for m, targets in graph.items()}
     return {"lines": lines, "files": files, "functions": sorted(functions, reverse=True),
             "classes": sorted(classes, reverse=True), "circles": import_cycles(edges)}
 

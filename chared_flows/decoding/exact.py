@@ -93,15 +93,17 @@ class ExactBeam:
     """
 
     def __init__(self, session: MemberSession, paths: list[Path], beam_width: int, log_threshold: float,
-                 kept_log: float = 0.0):
+                 kept_log: float = 0.0, pruned_log: float = -math.inf):
         self.session = session
         self.index = session.member.assets.index
         self.paths = paths
         self.beam_width = beam_width
         self.log_threshold = log_threshold
         self.kept_log = kept_log  # log of the fraction of mass that pruning kept, over all steps
+        self.pruned_log = pruned_log  # log of the mass pruning dropped, all steps (P relative to the anchor)
         self.window_full = False
         self.reseeds = 0  # times this member's beam lost every path and was re-seeded
+        self.anchor: tuple[tuple[int, ...], bytes] | None = None  # start(): the anchor ids and the tail read
         self._dist: dict[bytes, np.ndarray | None] = {}
 
     @classmethod
@@ -126,7 +128,8 @@ class ExactBeam:
             for byte in tail:
                 beam = beam.advance(byte)
             if beam.alive or beam.window_full:
-                return beam
+                break
+        beam.anchor = (tuple(anchor_ids), tail)  # where its paths' probabilities are relative to
         return beam
 
     def reseeded(self, generated: bytes, byte: int, pending: bytes) -> "ExactBeam":
@@ -153,6 +156,18 @@ class ExactBeam:
     def pruned_mass(self) -> float:
         """Fraction of the text's probability (as the beam saw it) dropped by pruning, all steps together."""
         return -math.expm1(self.kept_log)
+
+    @property
+    def kept_mass_log(self) -> float:
+        """log of the mass the kept paths hold: a certified lower bound on log P(text read | anchor).
+
+        Each path is a distinct way of writing the text (its tokens, and for a path inside a
+        token, the tokens that start with the bytes read and go on), so their masses add up
+        to at most the model's probability that its output starts with the text. No
+        renormalisation: unlike the chain of next-byte conditionals, pruning can only lower it.
+        """
+        weights = [p.log_weight() for p in self.paths]
+        return float(np.logaddexp.reduce(weights)) if weights else -math.inf
 
     @property
     def alive(self) -> bool:
@@ -215,7 +230,7 @@ class ExactBeam:
         return new
 
     def _successor(self, paths: list[Path]) -> "ExactBeam":
-        beam = ExactBeam(self.session, paths, self.beam_width, self.log_threshold, self.kept_log)
+        beam = ExactBeam(self.session, paths, self.beam_width, self.log_threshold, self.kept_log, self.pruned_log)
         beam.window_full, beam.reseeds = self.window_full, self.reseeds
         beam._prune()
         return beam
@@ -263,6 +278,9 @@ class ExactBeam:
         if len(keep) < len(self.paths):
             kept = np.logaddexp.reduce(weights[keep])
             self.kept_log += float(kept - total)
+            # Each dropped path's weight bounds the mass of everything it could have become.
+            dropped = float(np.logaddexp.reduce(np.delete(weights, keep)))
+            self.pruned_log = float(np.logaddexp(self.pruned_log, dropped))
         self.paths = [self.paths[i] for i in keep if weights[i] > -math.inf]
 
     def owed_passes(self) -> list[tuple[Path, tuple]]:

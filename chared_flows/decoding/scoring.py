@@ -65,6 +65,10 @@ class ScoreResult:
     pruned_mass: float  # exact: largest per-member pruned fraction; chared: pruned share of round starts
     forward_passes: dict[str, int] = field(default_factory=dict)
     reseeds: dict[str, int] = field(default_factory=dict)  # exact: beams re-seeded after losing every path
+    # exact: per member, a certified upper bound on its total bits of the text (the kept paths'
+    # mass, not renormalised: pruning can only raise it). total_bits is the chain of renormalised
+    # next-byte conditionals, an estimate that pruning can push below the true bits.
+    bound_bits: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_logprobs(cls, logprobs: list[float], text: str, pruned: float, passes: dict[str, int]) -> "ScoreResult":
@@ -118,6 +122,7 @@ def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
         if session is not None:
             session.ahead.prefill_text(text.encode("utf-8"))
     beams = [None if s is None else ExactBeam.start(s, cfg.beam_width, cfg.prune_threshold) for s in sessions]
+    prompt_bounds = [None if b is None else _upper_log(b) for b in beams]
     source = ExactSource(beams, ens.combine, ens.weights)
     logprobs = []
     data = text.encode("utf-8")
@@ -138,7 +143,27 @@ def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     pruned = max((b.pruned_mass for b in source.beams if b is not None), default=0.0)
     result = ScoreResult.from_logprobs(logprobs, text, pruned, _passes(ens, sessions))
     result.reseeds = {n: r for n, r in zip(ens.names, source.reseeds) if r}
+    result.bound_bits = _bound_bits(ens.names, source.beams, prompt_bounds)
     return result
+
+
+def _upper_log(beam: ExactBeam) -> float:
+    """log of an upper bound on P(what the beam read | anchor): the kept mass plus every pruned path's."""
+    return float(np.logaddexp(beam.kept_mass_log, beam.pruned_log))
+
+
+def _bound_bits(names, beams, prompt_bounds) -> dict[str, float]:
+    """Each member's certified upper bound on its bits of the text (none for a re-seeded beam).
+
+    P(text | prompt) >= (kept mass after the text) / (upper bound on P(prompt tail)), both
+    relative to the same anchor (ExactBeam.kept_mass_log). A re-seeded beam restarted from
+    another anchor, so its masses do not compare.
+    """
+    out = {}
+    for name, beam, prompt_log in zip(names, beams, prompt_bounds):
+        if beam is not None and prompt_log is not None and not beam.reseeds:
+            out[name] = (prompt_log - beam.kept_mass_log) / LN2
+    return out
 
 
 @scoring

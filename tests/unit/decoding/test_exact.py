@@ -133,6 +133,38 @@ def test_exact_prefix_mass_matches_brute_force_total():
     assert logp_beam == pytest.approx(logp_brute, rel=1e-9, abs=1e-9)
 
 
+BOUND_CASES = [("byte_level", "The", " quick"), ("byte_fallback", "Th", " quick"), ("byte_level", "Caf", "é 😀")]
+SETTINGS = [NO_PRUNING, dict(beam_width=4, prune_threshold=0.01), dict(beam_width=2, prune_threshold=0.05),
+            dict(beam_width=1, prune_threshold=0.5)]
+
+
+@pytest.mark.parametrize("kind, prompt, text", BOUND_CASES)
+def test_bound_bits_are_exact_without_pruning_and_never_below_the_truth_with_it(kind, prompt, text):
+    """ScoreResult.bound_bits against brute force: P(text | prompt) = P(tail + text) / P(tail),
+    every tokenization summed, relative to the anchor the beam started from."""
+    member = f64_member(kind, seed=3)
+    brute = BruteForce(member)
+    chains = []
+    for setting in SETTINGS:
+        result = Ensemble([member], mode="exact", **setting).score(prompt, text)
+        anchor, tail = ExactBeam.start(member.open_session(prompt), **setting).anchor  # the scoring's own start
+        true_bits = (math.log(brute.prefix(anchor, tail)) - math.log(brute.prefix(anchor, tail + text.encode()))) / math.log(2)
+        if result.reseeds:  # restarted from another anchor: no bound is claimed
+            assert member.name not in result.bound_bits
+            continue
+        bound = result.bound_bits[member.name]
+        if setting is NO_PRUNING:
+            assert bound == pytest.approx(true_bits, rel=1e-9, abs=1e-9)
+            # The chain renormalises each byte over the valid options (UTF-8, EOS): never more bits.
+            assert result.total_bits <= true_bits + 1e-9
+            best_estimate = result.total_bits
+        else:
+            assert bound >= true_bits - 1e-9, (setting, bound, true_bits)
+            chains.append(result.total_bits - best_estimate)
+    if kind == "byte_level":  # (the tiny byte-fallback model re-seeds under every pruning setting here)
+        assert chains and min(chains) < 0  # pruning renormalises over fewer paths: fewer bits than the best estimate
+
+
 def test_pruning_reports_mass_and_keeps_the_beam_small():
     member = tiny_member("byte_fallback", seed=2)
     beam = ExactBeam.start(member.open_session("Tom has"), beam_width=2, prune_threshold=0.01)
