@@ -309,8 +309,10 @@ def main() -> None:
         lines.append(line)
 
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    say(f"Command: `taskset -c 1 python benchmarks/exact_vs_genlm.py --threads {args.threads} --project {args.project} "
-        f"--peer {args.peer} --gen-bytes {args.gen_bytes}`  ")
+    pin = ",".join(map(str, affinity)) if isinstance(affinity, list) else "1"
+    texts_arg = f" --texts {args.texts}" if args.texts else ""
+    say(f"Command: `taskset -c {pin} python benchmarks/exact_vs_genlm.py --threads {args.threads} --models {args.models}"
+        f"{texts_arg} --project {args.project} --peer {args.peer} --gen-bytes {args.gen_bytes}`  ")
     say(f"torch {torch.__version__}, threads={threads}, CPUs allowed {affinity}, load average at start {load()}; "
         f"genlm-bytes: {_peer_version() if have_peer else 'not installed (pip install -e .[bench])'}")
     say()
