@@ -1,6 +1,16 @@
 """CharED speed with llama.cpp members vs transformers members, side by side in one run.
 
     python benchmarks/backends.py [--threads 1] [--chars 150] [--repeats 3]
+    python benchmarks/backends.py --mode score [--chars 286] [--repeats 2] [--models smollm2,gemma3-270m]
+
+`--mode score`: exact-mode scoring, `Ensemble([m], mode="exact").score("", text)` of the
+first --chars characters of benchmarks/texts/prose.txt, one member at a time, per backend
+on the same GGUF file: llama.cpp as before state copies and prefill
+(`?state_copies=0&prefill=0`: every forked path re-fed prompt + text from position 0),
+with state copies only (`?prefill=0`), as now (both), transformers, and a `served:`
+llama-server (`.venv/bin/llama-server`, 127.0.0.1, -t 1, ended by its process group).
+Runs alternate (A B C D E A B ...); each run's seconds, bits/char, forward passes and
+tokens fed, with the load average. Pin it: `taskset -c 1`, --threads 1.
 
 Both ensembles are SmolLM2-135M + Gemma-3-270M at weights 0.5/0.5, greedy,
 from the same GGUF files: transformers runs their fp32 dequantisation,
@@ -56,12 +66,18 @@ def agreement(members: dict[str, list[Member]], chars: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--chars", type=int, default=150)
+    parser.add_argument("--chars", type=int, default=None, help="characters generated (150) or scored (286)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--mode", default="chared", choices=["chared", "exact"])
+    parser.add_argument("--mode", default="chared", choices=["chared", "exact", "score"])
+    parser.add_argument("--models", default="smollm2,gemma3-270m", help="--mode score: the models, one after another")
     parser.add_argument("--agree-chars", type=int, default=300, help="characters of each text for the logits check")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mode == "score":
+        for model in args.models.split(","):
+            score_backends(model, args.threads, args.chars or 286, args.repeats)
+        return
+    args.chars = args.chars or 150
     load_before = os.getloadavg()
     ensembles, loaded = {}, {}
     kinds = [("transformers", "", ""), ("llama.cpp", "llama_cpp:", "")]
@@ -99,6 +115,76 @@ def main() -> None:
     print(f"greedy texts equal: {same}")
     for kind, result in results.items():
         print(f"{kind}: {result.text!r}")
+
+
+def llama_server(model: str, threads: int):
+    """A llama-server on the model's GGUF file (a context manager), or None where none is built."""
+    import shutil
+    import sys
+    import tempfile
+
+    from chared_flows.decoding.backends.files import default_cache_dir
+    from chared_flows.decoding.backends.specs import gguf_path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.support.servers import free_port, server
+
+    binary = shutil.which("llama-server", path=str(Path(sys.executable).parent)) or shutil.which("llama-server")
+    if binary is None:
+        return None, None
+    port = free_port()
+    cmd = [binary, "-m", str(gguf_path(model, default_cache_dir())), "--host", "127.0.0.1", "--port", str(port),
+           "-c", "8192", "-np", "4", "-t", str(threads), "-tb", str(threads), "--no-webui", "--no-warmup"]
+    log = Path(tempfile.mkdtemp(prefix="llama-server-")) / "log"
+    return server(cmd, port, log), f"http://127.0.0.1:{port}"
+
+
+def score_backends(model: str, threads: int, chars: int, repeats: int) -> None:
+    """Exact-mode scoring of one model's members per backend, runs alternating (see the docstring)."""
+    import contextlib
+
+    from chared_flows.decoding import scoring
+    from chared_flows.decoding.backends.served import ServedBackend
+
+    text = (Path(__file__).resolve().parent / "texts" / "prose.txt").read_text()[:chars]
+    counts: dict = {}
+    original = scoring._passes
+
+    def passes(ens, sessions):  # keep every pass count of the last scoring, not only forward passes
+        counts.clear()
+        counts.update({n: s.pass_counts() for n, s in zip(ens.names, sessions) if s is not None})
+        return original(ens, sessions)
+
+    scoring._passes = passes
+    variants = {
+        "llama_cpp before (state_copies=0&prefill=0)": f"llama_cpp:{model}?threads={threads}&state_copies=0&prefill=0",
+        "llama_cpp state copies (prefill=0)": f"llama_cpp:{model}?threads={threads}&prefill=0",
+        "llama_cpp now": f"llama_cpp:{model}?threads={threads}",
+        "transformers": model,
+    }
+    served, url = llama_server(model, threads)
+    with served if served is not None else contextlib.nullcontext():
+        if url is not None:
+            ServedBackend(url, num_rows=1).wait_ready(120)
+            variants["served (llama-server, top_k 1000)"] = f"served:{url}?tokenizer={model}"
+        ensembles = {}
+        for label, spec in variants.items():
+            pin = {"backend": "transformers"} if label == "transformers" else {}
+            ensembles[label] = Ensemble([Member.load(spec, **pin)], mode="exact")
+            ensembles[label].score("", text[:20])  # warm-up (loads, pools, the server's slots)
+        print(f"\n## {model}: exact-mode score of {len(text)} chars of prose.txt, threads={threads}, "
+              f"load average {os.getloadavg()[0]:.2f}")
+        print("| run | backend | seconds | bits/char | forward passes | tokens fed | load avg (1 min) |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for run in range(repeats):
+            for label, ens in ensembles.items():
+                start = time.perf_counter()
+                result = ens.score("", text)
+                wall = time.perf_counter() - start
+                c = next(iter(counts.values()))
+                print(f"| {run + 1} | {label} | {wall:.2f} | {result.bits_per_char:.6f} | {c.forward_passes} | "
+                      f"{c.tokens_fed} | {os.getloadavg()[0]:.2f} |", flush=True)
+    scoring._passes = original
 
 
 if __name__ == "__main__":

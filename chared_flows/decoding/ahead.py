@@ -59,8 +59,9 @@ class AheadPasses:
         ids = self.session.ids.canonical_ids(text)
         if prefill is None or not ids or not self.session.ids.fits(ids):
             return
-        self._prefill = prefill(ids)
-        self.session.forked.add(PassCounts(forward_passes=1, tokens_fed=len(ids)))
+        self._prefill = prefill(ids)  # None: the backend could not (each prefix then has its own pass)
+        if self._prefill is not None:
+            self.session.forked.add(PassCounts(forward_passes=1, tokens_fed=len(ids)))
 
     def prefilled(self, ids: Sequence[int], peek: bool = False) -> tuple | None:
         """(sorted probs, EOS mass, snapshot) for `ids` from the prefill, or None if it does not cover them.

@@ -10,21 +10,38 @@ llama.cpp's own `llama_memory_seq_rm`, feed only the new tokens, and ask for
 logits at the last position only (the full-vocabulary row, all output rows).
 
 Snapshots (exact mode forks a path's state for each child) use llama.cpp's
-sequences. The runner decodes in sequence 0; a snapshot copies sequence 0
-into a spare sequence id with `llama_memory_seq_cp`. In a *unified* KV cache
-that copy shares cells (it tags them with one more sequence id; no tensor is
-copied), so it costs microseconds, and restoring is the reverse copy. When
-no spare id is left, or the snapshot comes from another runner, restoring
-falls back to re-feeding: the next call rolls back to the common prefix and
-feeds the difference (correct, a few tokens dearer). Measured (README): in
-exact mode both give the same speed and tokens fed, as exact mode orders its
-passes so that the rollback starts at the parent; copies bound the cost when
-branches diverge deeper.
+sequences and state copies. The runner decodes in sequence 0; a snapshot
+copies sequence 0 into a spare sequence id with `llama_memory_seq_cp` (in a
+*unified* KV cache that copy shares cells: microseconds, no tensor copied),
+for restoring into the same context, and exports the sequence's KV cells
+with `llama_state_seq_get_data`, for restoring into any other context
+(`llama_state_seq_set_data` into its sequence 0, then cut to the snapshot's
+length). Exact mode restores every path's parent snapshot into a *new*
+runner, so in another context: before state copies each such restore re-fed
+prompt + text from position 0 (99 s for the exact score of a 286-character
+text with SmolLM2; docs/performance.md). An exported state is 18-23 kB per
+position; exporting or loading 58 positions (1.3 MB) took 0.1-0.35 ms,
+re-feeding them 0.5-1 s (1 thread). Without a state (`state_copies=0`), restoring falls back to
+re-feeding: the next call rolls back to the common prefix and feeds the rest.
+
+Threads: a context is only ever touched by the thread running its runner.
+A snapshot is exported right after its runner's pass (the scheduler's
+`finish`, after the batch), a restore into another context only records the
+snapshot and the runner loads its bytes at its next pass, in its own thread;
+the bytes are immutable and shared by every restore. So no lock is needed,
+and the loads of one batch run in parallel with its decodes.
+
+Scoring a known text in exact mode (`prefill`): one decode over the text's
+canonical tokens with logits at every position, like transformers.py's, and
+its state exported once; `snapshot_after(ids)` shares that state, cut to
+len(ids) when loaded.
 
 Traps handled here:
 - Sliding-window models (Gemma-3): by default llama.cpp keeps only the window
   in the SWA layers, after which rolling back further is impossible.
   `swa_full=True` keeps every position, as transformers.py does.
+- A runner takes its context from the pool at its first pass, not when made:
+  exact scoring makes runners for passes queued ahead that may never run.
 - Freeing a snapshot's sequence happens when the snapshot object is garbage
   collected, which can be in any thread, at any allocation, even while this
   runner's decode runs (ctypes releases the GIL). So the finaliser only
@@ -126,6 +143,21 @@ class _Context:
         self.free_seqs = list(range(backend.snapshot_seqs, 0, -1))
         self.released: list[tuple[int, int]] = []  # (generation, seq id) queued by finalisers
 
+    def export(self, seq: int = 0) -> Any:
+        """Sequence `seq`'s KV cells as bytes (`llama_state_seq_get_data`), loadable into any context
+        of the same model; None if llama.cpp wrote nothing."""
+        size = self.lib.llama_state_seq_get_size(self.ctx.ctx, seq)
+        if not size:
+            return None
+        data = (ctypes.c_uint8 * size)()
+        return data if self.lib.llama_state_seq_get_data(self.ctx.ctx, data, size, seq) else None
+
+    def load(self, data: Any, keep: int) -> bool:
+        """Sequence 0 := an exported state, cut to its first `keep` positions; False if it did not fit."""
+        if not self.lib.llama_state_seq_set_data(self.ctx.ctx, data, len(data), 0):
+            return False
+        return self.remove(0, keep)
+
     def remove(self, seq: int, start: int) -> bool:
         return bool(self.lib.llama_memory_seq_rm(self.ctx.memory, seq, start, -1))
 
@@ -172,6 +204,20 @@ class _Context:
                 return code
         return 0
 
+    def decode_all(self, tokens: Sequence[int]) -> torch.Tensor | None:
+        """Feed `tokens` from position 0 in sequence 0 with logits at every position: (len, n_vocab),
+        or None if llama.cpp could not decode them (the sequence is emptied)."""
+        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            self.batch.set_batch(batch=chunk, n_past=i, logits_all=True)
+            if self.lib.llama_decode(self.ctx.ctx, self.batch.batch) != 0:
+                self.remove(0, 0)
+                return None
+            rows = self.lib.llama_get_logits(self.ctx.ctx)
+            out[i:i + len(chunk)] = np.ctypeslib.as_array(rows, shape=(len(chunk), self.n_vocab))
+        return torch.from_numpy(out)
+
     def last_logits(self) -> torch.Tensor:
         row = self.lib.llama_get_logits_ith(self.ctx.ctx, -1)
         return torch.from_numpy(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).copy())
@@ -184,21 +230,54 @@ class LlamaSnapshot:
     context: _Context | None = None  # set when `seq` holds this state in that context
     generation: int = -1
     seq: int | None = None
+    state: Any = None  # the KV cells of `ids` (or of a longer sequence they begin), as _Context.export wrote them
+
+
+class LlamaPrefill:
+    """One decode of a whole sequence with logits at every position, served prefix by prefix
+    (the same interface as transformers.py's Prefill)."""
+
+    def __init__(self, ids: list[int], logits: torch.Tensor, state: Any):
+        self.ids, self.logits, self.state = ids, logits, state
+
+    def covers(self, ids: Sequence[int]) -> bool:
+        return 0 < len(ids) <= len(self.ids) and list(ids) == self.ids[: len(ids)]
+
+    def logits_after(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.logits[len(ids) - 1]
+
+    def snapshot_after(self, ids: Sequence[int]) -> LlamaSnapshot:
+        """A snapshot of exactly `ids`: the prefill's whole state, cut to len(ids) when loaded (no copy now)."""
+        return LlamaSnapshot(tuple(ids), self.logits_after(ids), state=self.state)
 
 
 class LlamaCppRunner:
-    """One sequence on a llama.cpp context: LCP rollback, sequence-copy snapshots."""
+    """One sequence on a llama.cpp context: LCP rollback, sequence-copy and state-copy snapshots.
 
-    def __init__(self, backend: "LlamaCppBackend", context: _Context):
+    The context is taken from the pool at the first pass, not before: exact scoring creates
+    runners for passes queued ahead that may never run.
+    """
+
+    def __init__(self, backend: "LlamaCppBackend", context: _Context | None = None):
         self.backend = backend
-        self._context = context
+        self._context: _Context | None = None
         self.forward_passes = 0
         self.tokens_fed = 0
         self.cache_rebuilds = 0
+        self.state_loads = 0  # snapshots of other contexts loaded instead of re-fed
         self._ids: list[int] = []  # what sequence 0 holds
         self._logits: torch.Tensor | None = None  # logits after self._ids
-        self._restored: LlamaSnapshot | None = None  # a re-feed snapshot: its logits, until a call moves on
-        weakref.finalize(self, backend._return_context, context)
+        self._restored: LlamaSnapshot | None = None  # restored from another context: applied at the next call
+        if context is not None:
+            self._own(context)
+
+    def _own(self, context: _Context) -> _Context:
+        self._context = context
+        weakref.finalize(self, self.backend._return_context, context)
+        return context
+
+    def _ctx(self) -> _Context:
+        return self._context if self._context is not None else self._own(self.backend._take_context())
 
     def next_logits(self, token_ids: Sequence[int]) -> torch.Tensor:
         ids = list(token_ids)
@@ -215,8 +294,10 @@ class LlamaCppRunner:
             return restored.logits
         if ids == self._ids and self._logits is not None:
             return self._logits
-        ctx = self._context
+        ctx = self._ctx()
         ctx.free_queued()
+        if restored is not None:
+            self._load(ctx, restored, ids)
         keep = min(common_prefix_len(self._ids, ids), len(ids) - 1)
         if keep < len(self._ids) and not ctx.remove(0, keep):
             # A memory that cannot drop a tail (recurrent state): start over.
@@ -241,27 +322,47 @@ class LlamaCppRunner:
         self.tokens_fed += len(ids) - keep
         return self._logits
 
+    def _load(self, ctx: _Context, snapshot: LlamaSnapshot, ids: list[int]) -> None:
+        """Sequence 0 := a snapshot's state, if it has one and it shares more with `ids` than the cache does
+        (else the cache stays, and the caller re-feeds from the common prefix)."""
+        if snapshot.state is None or common_prefix_len(snapshot.ids, ids) <= common_prefix_len(self._ids, ids):
+            return
+        if ctx.load(snapshot.state, len(snapshot.ids)):
+            self._ids, self._logits = list(snapshot.ids), snapshot.logits
+            self.state_loads += 1
+        else:  # no room (cells held by snapshot sequences) or a failed read: start over, by re-feeding
+            ctx.drop_snapshots()
+            ctx.remove(0, 0)
+            self._ids, self._logits = [], None
+
     def snapshot(self) -> LlamaSnapshot:
         if self._restored is not None:
             return self._restored  # this runner has not moved since restoring it
         ctx = self._context
-        seq = ctx.take_seq() if self._ids else None
-        if seq is None:
+        if ctx is None or not self._ids:
             return LlamaSnapshot(tuple(self._ids), self._logits)
+        # Another runner (exact mode forks each path onto a new one, in another context) loads the
+        # exported state; this runner restores from the sequence copy, without copying any tensor.
+        state = ctx.export(0) if self.backend.state_copies else None
+        seq = ctx.take_seq()
+        if seq is None:
+            return LlamaSnapshot(tuple(self._ids), self._logits, state=state)
         ctx.copy(0, seq)
-        snap = LlamaSnapshot(tuple(self._ids), self._logits, ctx, ctx.generation, seq)
+        snap = LlamaSnapshot(tuple(self._ids), self._logits, ctx, ctx.generation, seq, state)
         weakref.finalize(snap, ctx.queue_release, ctx.generation, seq)
         return snap
 
     def restore(self, snapshot: LlamaSnapshot) -> None:
         ctx = self._context
         self._restored = None
-        if snapshot.context is ctx and snapshot.generation == ctx.generation:
+        if ctx is not None and snapshot.context is ctx and snapshot.generation == ctx.generation:
             ctx.remove(0, 0)
             ctx.copy(snapshot.seq, 0)
             self._ids, self._logits = list(snapshot.ids), snapshot.logits
         else:
-            # Re-feed: the cache keeps what it holds; the next call rolls back to the common prefix.
+            # Another context: the next call loads the snapshot's state (in the thread that runs
+            # this runner, so no context is ever touched by two threads), or, without one, rolls
+            # the cache back to the common prefix and re-feeds the rest.
             self._restored = snapshot
 
 
@@ -278,6 +379,8 @@ class LlamaCppBackend:
         threads: int | None = None,
         n_batch: int = 512,
         snapshot_seqs: int = DEFAULT_SNAPSHOT_SEQS,
+        state_copies: bool | int = True,
+        prefill: bool | int = True,
         source: str = "",
     ):
         self.lib = import_llama_cpp()
@@ -302,17 +405,42 @@ class LlamaCppBackend:
         # already pin; llama.cpp would otherwise take every core.
         self.threads = threads or torch.get_num_threads()
         self.snapshot_seqs = min(snapshot_seqs, self.lib.llama_max_parallel_sequences() - 1)
+        self.state_copies = bool(state_copies)  # snapshots carry their KV state (restore in another context)
+        self.prefill_enabled = bool(prefill)  # exact scoring: one decode over the text's canonical tokens
         self._pool: list[_Context] = []
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
     def new_runner(self) -> TokenRunner:
+        return LlamaCppRunner(self)  # takes a context from the pool at its first pass
+
+    def _take_context(self) -> _Context:
         with self._lock:
             context = self._pool.pop() if self._pool else None
         if context is None:
-            return LlamaCppRunner(self, _Context(self))
-        context.clear()  # here, in the caller's thread: stale snapshots of the old runner now re-feed
-        return LlamaCppRunner(self, context)
+            return _Context(self)
+        context.clear()  # in the taker's thread: stale snapshots of the old runner now load or re-feed
+        return context
+
+    def prefill(self, token_ids: Sequence[int]) -> LlamaPrefill | None:
+        """One decode over a whole sequence with the logits of every position, and its state.
+
+        Scoring a known text in exact mode owes a pass for every prefix of the text's canonical
+        tokens; this serves all of them (see transformers.py's prefill). None where it is off
+        (`prefill=0`) or llama.cpp could not decode the sequence: each prefix then has its own pass.
+        """
+        ids = list(token_ids)
+        if not self.prefill_enabled or not ids or len(ids) > self.n_ctx:
+            return None
+        context = self._take_context()
+        try:
+            logits = context.decode_all(ids)
+            state = context.export(0) if logits is not None and self.state_copies else None
+        finally:
+            self._return_context(context)
+        if logits is None:
+            return None
+        return LlamaPrefill(ids, logits, state)
 
     def _return_context(self, context: _Context) -> None:
         # Runs from a finaliser (any thread): only a list operation, no llama.cpp call.

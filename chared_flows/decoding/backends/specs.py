@@ -11,7 +11,10 @@ LangChain configs take these members without new options:
 
 Options of `llama_cpp:` (all optional): `n_ctx` (context window, 4096, at most
 the model's), `threads` (torch's thread count), `snapshot_seqs` (spare KV
-sequences for exact mode's snapshots, 32).
+sequences for exact mode's snapshots, 32), `state_copies` (1: a snapshot
+carries its KV state, so another context restores it without re-feeding; 0
+for measuring) and `prefill` (1: exact scoring decodes the text's canonical
+tokens once, with every position's logits; 0 for measuring).
 
 Query options of `served:` (all but `tokenizer` optional): `tokenizer` (the
 served model's tokenizer: an alias, a HF directory, a .gguf file or a hub id),
@@ -90,11 +93,12 @@ def load_tokenizer(spec: str, root: Path) -> Any:
     )
 
 
-_LLAMA_OPTIONS = ("n_ctx", "threads", "snapshot_seqs")
+_LLAMA_OPTIONS = ("n_ctx", "threads", "snapshot_seqs", "state_copies", "prefill")
+_LLAMA_SWITCHES = ("state_copies", "prefill")  # 0 or 1
 
 
 def parse_llama_cpp(spec: str) -> tuple[str, dict[str, int]]:
-    """(alias or .gguf path, LlamaCppBackend options) of `llama_cpp:SPEC[?n_ctx=N&threads=N&snapshot_seqs=N]`."""
+    """(alias or .gguf path, LlamaCppBackend options) of `llama_cpp:SPEC[?n_ctx=N&threads=N&snapshot_seqs=N&state_copies=0|1&prefill=0|1]`."""
     inner = spec[len("llama_cpp:"):] if spec.startswith("llama_cpp:") else spec
     model, _, query = inner.partition("?")
     if not model:
@@ -103,13 +107,15 @@ def parse_llama_cpp(spec: str) -> tuple[str, dict[str, int]]:
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in _LLAMA_OPTIONS:
             raise ConfigError(f"llama_cpp option {name!r} in {spec!r} is unknown; use: {', '.join(_LLAMA_OPTIONS)}")
-        low = 0 if name == "snapshot_seqs" else 1  # 0: every snapshot re-feeds (for measuring)
+        low = 0 if name in ("snapshot_seqs",) + _LLAMA_SWITCHES else 1  # 0: off (for measuring)
+        high = 1 if name in _LLAMA_SWITCHES else None
         try:
             options[name] = int(value)
-            if options[name] < low:
+            if options[name] < low or (high is not None and options[name] > high):
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"llama_cpp option {name}={value!r} in {spec!r} is not an integer >= {low}") from None
+            want = "0 or 1" if high is not None else f"an integer >= {low}"
+            raise ConfigError(f"llama_cpp option {name}={value!r} in {spec!r} is not {want}") from None
     return model, options
 
 

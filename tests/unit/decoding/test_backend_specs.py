@@ -23,6 +23,10 @@ def test_llama_cpp_spec_parsing():
         parse_llama_cpp("llama_cpp:?n_ctx=5")
     with pytest.raises(ConfigError, match="threads='two' .* is not an integer >= 1"):
         parse_llama_cpp("llama_cpp:smollm2?threads=two")
+    assert parse_llama_cpp("llama_cpp:smollm2?state_copies=0&prefill=1") == (
+        "smollm2", {"state_copies": 0, "prefill": 1})
+    with pytest.raises(ConfigError, match="prefill='2' .* is not 0 or 1"):
+        parse_llama_cpp("llama_cpp:smollm2?prefill=2")
 
 
 def test_only_the_prefixes_name_a_backend():
