@@ -549,8 +549,15 @@ def parse_effects(items: list[str]) -> dict[str, float]:
     return effects
 
 
+def warn_unused_effects(effects: dict[str, float], metrics: list[str]) -> None:
+    """An --effect for a metric the run does not have changes nothing: say so (a typo, usually)."""
+    for name in sorted(set(effects) - set(metrics)):
+        print(f"warning: --effect {name}={effects[name]:g} names no metric of this run (its metrics: "
+              f"{', '.join(metrics) or 'none'}); it was not used", file=sys.stderr)
+
+
 def cmd_ab(args: argparse.Namespace) -> int:
-    from chared_flows.evaluation.ab import compare, summary_entries
+    from chared_flows.evaluation.ab import compare, metric_names, summary_entries
     from chared_flows.reports import verdict_table_text, write_report
 
     if args.live:
@@ -564,6 +571,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
     def finisher(run, records):
         # The report is written before the trackers' on_run_end, so MLflow logs its files
         # on the parent run together with the results, and the comparisons as metrics.
+        warn_unused_effects(effects, metric_names(records))
         ab = compare(records, run.variants, effects=effects).to_dict()
         out_dir = Path(args.report_dir) if args.report_dir else runner.run_dir / "report"
         made["files"], made["ab"] = write_report(records, run, ab, out_dir), ab

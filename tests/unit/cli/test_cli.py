@@ -351,3 +351,10 @@ def test_python_dash_m_chared_flows_is_the_chared_command() -> None:
     assert done.stdout.startswith("usage: chared ") and "generate" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "chared_flows", "run"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "usage: chared run" in bad.stderr
+
+
+def test_an_effect_for_a_metric_the_run_lacks_is_named_in_a_warning(capsys):
+    cli.warn_unused_effects({"exact_match": 0.1, "exact_mach": 0.2}, ["exact_match", "latency_s"])
+    err = capsys.readouterr().err
+    assert "--effect exact_mach=0.2 names no metric of this run" in err and "exact_match, latency_s" in err
+    assert "exact_match=0.1" not in err
