@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 import torch
 
 from chared_flows.decoding.backends.protocol import TokenRunner, common_prefix_len
-from chared_flows.decoding.backends.topk import DEFAULT_REST, check_rest, check_top_k, topk_logits
+from chared_flows.decoding.backends.topk import ALL, DEFAULT_REST, check_rest, check_top_k, topk_logits
 from chared_flows.errors import BackendError, ConfigError
 
 APIS = ("llama_cpp", "openai")
@@ -80,7 +80,7 @@ class ServedBackend:
         *,
         num_rows: int,
         api: str = "llama_cpp",
-        top_k: int = 1000,  # measured: at 100 the tail lost already changes greedy text (topk.py)
+        top_k: int | str = 1000,  # measured: at 100 the tail lost already changes greedy text (topk.py)
         rest: str = DEFAULT_REST,
         model: str | None = None,
         timeout: float = 30.0,
@@ -101,7 +101,7 @@ class ServedBackend:
         self.url = url.rstrip("/")
         self._scheme, self._host, self._port, self._base = check_url(url)
         self.api, self.num_rows = api, num_rows
-        self.top_k, self.rest = check_top_k(top_k), check_rest(rest)
+        self.top_k, self.rest = check_top_k(num_rows if top_k == ALL else top_k), check_rest(rest)
         self.model = model
         self.timeout, self.retries, self.backoff = float(timeout), retries, float(backoff)
         self.deadline = float(deadline)

@@ -40,11 +40,12 @@ from chared_flows.errors import ConfigError
 
 REST_TREATMENTS = ("spread", "drop")
 DEFAULT_REST = "spread"
+ALL = "all"  # top_k=all: the whole vocabulary, i.e. the full distribution (served: n_probs = the tokenizer's rows)
 
 
 def check_top_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"top_k is {k!r}; give a positive integer number of tokens (e.g. 100)")
+        raise ConfigError(f"top_k is {k!r}; give a positive integer number of tokens (e.g. 1000) or 'all'")
     return k
 
 
