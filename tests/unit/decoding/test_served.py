@@ -210,6 +210,19 @@ def test_served_spec_options():
     assert parse_served("served:http://h:8080?tokenizer=t&top_k=all")[2] == {"top_k": "all"}
 
 
+def test_a_reply_held_back_at_a_partial_utf8_character_is_asked_again_with_a_grammar(tmp_path, reference):
+    # Real llama-server (built here): after "Weekend plans " + the first bytes of an emoji the
+    # greedy token is another partial byte and the reply had no completion_probabilities, so
+    # served exact scoring of emoji and CJK text failed with a BackendError.
+    port = free_port()
+    with standin(port, tmp_path / "log", "--seed", str(SEED), "--hold-partial"):
+        backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=7, num_rows=ROWS, rest="drop")
+        runner, truth = backend.new_runner(), TopKBackend(reference, 7, rest="drop").new_runner()
+        for ids in IDS:
+            got, want = runner.next_logits(ids), truth.next_logits(ids)
+            torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)], atol=1e-5, rtol=0)
+
+
 def test_top_k_all_asks_for_the_whole_vocabulary_and_scores_as_the_full_model(server, reference):
     # Where rare tokens hide beyond the top 1000 (emoji, CJK, accents), only the whole
     # distribution scores within 0.01 bits/char (docs/performance.md): top_k=all fetches it.
