@@ -137,3 +137,17 @@ def test_real_server_killed_mid_run_then_restarted_loses_nothing(local, tmp_path
         backend.wait_ready(120)
         again = Ensemble([member, gemma], weights=[0.5, 0.5]).generate(PROMPT, max_new_chars=20)
     assert again.text == expected.text
+
+
+def test_a_greedy_token_inside_a_utf8_character_still_gives_probabilities(url, local):
+    # After "Weekend plans " and an emoji's first bytes the greedy token is another partial
+    # byte: llama-server holds it back and sent no probabilities (a BackendError before the
+    # served member asked again with a grammar).
+    member, reference = served(url, local, rest="drop"), topk_local(local, rest="drop")
+    ids = member.encode("Weekend plans 🎉 and 今天天气很好")
+    runner, truth = member.assets.backend.new_runner(), reference.assets.backend.new_runner()
+    for end in range(2, len(ids) + 1):
+        got, want = runner.next_logits(ids[:end]), truth.next_logits(ids[:end])
+        assert int(got.argmax()) == int(want.argmax())
+        both = torch.isfinite(got) & torch.isfinite(want)
+        assert int(both.sum()) >= K - 3 and float((got[both] - want[both]).abs().max()) < 0.05

@@ -17,7 +17,9 @@ real `llama-server` (tests/integration/test_served_llama_server.py).
 
 Failure knobs: --delay-first N sleeps N seconds before answering the first
 completion request (a slow server); --fail-first N answers the first N with
-HTTP 503. It prints "PORT <n>" on stdout once it listens.
+HTTP 503; --hold-partial answers llama.cpp requests without a grammar with no
+probabilities (llama-server's reply when the sampled token ends inside a
+UTF-8 character). It prints "PORT <n>" on stdout once it listens.
 
     python -m tests.support.logprob_server --seed 2 [--port 0] [--max-logprobs 20]
 """
@@ -122,9 +124,15 @@ def serve(args: argparse.Namespace) -> None:
             prompt, k = body.get("prompt"), int(body.get("n_probs", 0))
             logprobs = logprobs_after(prompt)
             top = torch.topk(logprobs, k)
+            if args.hold_partial and "grammar" not in body:
+                # llama-server holds back a sampled token that ends inside a UTF-8 character, and
+                # its probabilities with it: here every sampled token is taken to be one.
+                return self.reply(200, {"content": "", "tokens": [], "stop": True, "stop_type": "limit",
+                                        "tokens_predicted": 1})
             items = [{"id": int(i), "token": "", "bytes": [], "logprob": float(v)} for v, i in zip(top.values, top.indices)]
             first = {"id": items[0]["id"], "token": "", "bytes": [], "logprob": items[0]["logprob"], "top_logprobs": items}
-            self.reply(200, {"content": "", "tokens": [], "completion_probabilities": [first], "stop": True})
+            self.reply(200, {"content": "", "tokens": [], "completion_probabilities": [first], "stop": True,
+                             "tokens_predicted": 1})
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"PORT {server.server_address[1]}", flush=True)
@@ -138,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-logprobs", type=int, default=20)
     parser.add_argument("--delay-first", type=float, default=0.0)
     parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--hold-partial", action="store_true",
+                        help="llama_cpp API: no probabilities unless the request has a grammar (as llama-server "
+                             "for a token that ends inside a UTF-8 character)")
     serve(parser.parse_args(argv))
 
 

@@ -6,7 +6,11 @@ Wire formats (`api=`):
   `completion_probabilities[0].top_logprobs` holds {id, logprob} for the
   first generated position, i.e. the token after the prompt; without
   `post_sampling_probs` they are the plain softmax of the model's logits,
-  whatever the sampler settings.
+  whatever the sampler settings. When the greedy token ends inside a UTF-8
+  character the server sends no probabilities (it holds the partial
+  character back); the request is then sent again with a grammar that
+  samples one printable ASCII character (`held_back`). `top_k="all"` asks for
+  the whole vocabulary (llama-server does not cap n_probs).
 - "openai": vLLM's OpenAI-compatible POST /v1/completions with the prompt as
   token ids, `max_tokens: 1`, `logprobs: k`, `return_tokens_as_token_ids:
   true`; `choices[0].logprobs.top_logprobs[0]` maps "token_id:<id>" to its
@@ -47,7 +51,7 @@ from urllib.parse import urlsplit
 import torch
 
 from chared_flows.decoding.backends.protocol import TokenRunner, common_prefix_len
-from chared_flows.decoding.backends.topk import DEFAULT_REST, check_rest, check_top_k, topk_logits
+from chared_flows.decoding.backends.topk import ALL, DEFAULT_REST, check_rest, check_top_k, topk_logits
 from chared_flows.errors import BackendError, ConfigError
 
 APIS = ("llama_cpp", "openai")
@@ -80,7 +84,7 @@ class ServedBackend:
         *,
         num_rows: int,
         api: str = "llama_cpp",
-        top_k: int = 1000,  # measured: at 100 the tail lost already changes greedy text (topk.py)
+        top_k: int | str = 1000,  # measured: at 100 the tail lost already changes greedy text (topk.py)
         rest: str = DEFAULT_REST,
         model: str | None = None,
         timeout: float = 30.0,
@@ -101,7 +105,7 @@ class ServedBackend:
         self.url = url.rstrip("/")
         self._scheme, self._host, self._port, self._base = check_url(url)
         self.api, self.num_rows = api, num_rows
-        self.top_k, self.rest = check_top_k(top_k), check_rest(rest)
+        self.top_k, self.rest = check_top_k(num_rows if top_k == ALL else top_k), check_rest(rest)
         self.model = model
         self.timeout, self.retries, self.backoff = float(timeout), retries, float(backoff)
         self.deadline = float(deadline)
@@ -140,7 +144,15 @@ class ServedBackend:
         else:
             body = {"prompt": ids, "n_predict": 1, "n_probs": self.top_k, "cache_prompt": True,
                     "temperature": 0.0, "post_sampling_probs": False}
-            top = parse_llama_cpp(self._post("/completion", body), self.url)
+            reply = self._post("/completion", body)
+            if held_back(reply):
+                # subtle: llama-server holds back a sampled token that ends inside a UTF-8
+                # character (an emoji's or a CJK character's first bytes), and its probabilities
+                # with it. Asked again with a grammar that samples one printable ASCII
+                # character, it answers; the log-probs are the logits' softmax before
+                # sampling, so the grammar leaves them unchanged (measured: identical).
+                reply = self._post("/completion", {**body, "grammar": ASCII_GRAMMAR})
+            top = parse_llama_cpp(reply, self.url)
         return check_top(*top, num_rows=self.num_rows, top_k=self.top_k, url=self.url)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -251,6 +263,14 @@ def _snippet(data: bytes, limit: int = 200) -> str:
     except (ValueError, KeyError, TypeError):
         pass
     return text[:limit] or "empty reply"
+
+
+ASCII_GRAMMAR = "root ::= [ -~]"  # GBNF: one printable ASCII character
+
+
+def held_back(reply: Any) -> bool:
+    """A llama-server reply that generated a token but sent no probabilities (a partial UTF-8 character)."""
+    return isinstance(reply, dict) and "completion_probabilities" not in reply and reply.get("tokens_predicted") == 1
 
 
 def parse_llama_cpp(reply: Any, url: str = "") -> tuple[list[int], list[float]]:

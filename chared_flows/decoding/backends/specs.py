@@ -18,8 +18,8 @@ tokens once, with every position's logits; 0 for measuring).
 
 Query options of `served:` (all but `tokenizer` optional): `tokenizer` (the
 served model's tokenizer: an alias, a HF directory, a .gguf file or a hub id),
-`api` (llama_cpp | openai), `top_k` (1000; vLLM allows 20 unless started with
-`--max-logprobs`), `rest` (spread | drop: the missing mass, see topk.py), `model` (the server's model name, openai API),
+`api` (llama_cpp | openai), `top_k` (1000, or `all`: the whole vocabulary, the full
+distribution; vLLM allows 20 unless started with `--max-logprobs`), `rest` (spread | drop: the missing mass, see topk.py), `model` (the server's model name, openai API),
 `timeout` (seconds per try, 30), `deadline` (seconds per call, all tries and
 backoff included, 30), `retries` (3), `concurrency` (8).
 
@@ -171,8 +171,12 @@ def parse_served(spec: str) -> tuple[str, str, dict[str, Any]]:
     return base, tokenizer, kwargs
 
 
-_NUMBERS = {"top_k": int, "retries": int, "concurrency": int, "timeout": float, "deadline": float}
-_KIND_NAMES = {int: "an integer", float: "a number"}
+def _top_k(value: str) -> int | str:
+    return value if value == "all" else int(value)
+
+
+_NUMBERS = {"top_k": _top_k, "retries": int, "concurrency": int, "timeout": float, "deadline": float}
+_KIND_NAMES = {int: "an integer", float: "a number", _top_k: "an integer or 'all'"}
 
 
 def _served_assets(spec: str, inner: str, root: Path) -> MemberAssets:

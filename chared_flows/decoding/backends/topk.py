@@ -21,7 +21,10 @@ still at k = 1000 on one text in three; "spread" moves bits per character by
 0.11 / 0.06 / 0.014. Greedy text changed at k = 20 and 100 under both (a
 character's probability sums every token starting with it, and the tail beyond
 the top k matters), not at k = 1000. Hence the default, and k >= 1000 where
-the server allows it.
+the server allows it. By text class (benchmarks/topk_classes.py, docs/performance.md) k = 1000
+is within 0.01 bits/char on plain and accented text but not on emoji, CJK or rare code
+symbols, where a few of the text's own tokens lie beyond the top k and the even share is far
+from their probability, in either direction; only the whole vocabulary (top_k="all") is exact.
 
 `TopKBackend` applies the same truncation to any in-process backend, so the
 effect of k can be measured exactly against the full distribution
@@ -40,11 +43,12 @@ from chared_flows.errors import ConfigError
 
 REST_TREATMENTS = ("spread", "drop")
 DEFAULT_REST = "spread"
+ALL = "all"  # top_k=all: the whole vocabulary, i.e. the full distribution (served: n_probs = the tokenizer's rows)
 
 
 def check_top_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"top_k is {k!r}; give a positive integer number of tokens (e.g. 100)")
+        raise ConfigError(f"top_k is {k!r}; give a positive integer number of tokens (e.g. 1000) or 'all'")
     return k
 
 

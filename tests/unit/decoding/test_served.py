@@ -207,6 +207,37 @@ def test_bad_served_specs_name_the_value_and_the_fix(spec, message):
 def test_served_spec_options():
     url, tokenizer, kwargs = parse_served("served:http://h:8000/v?api=openai&tokenizer=org/tok&top_k=20&timeout=2.5")
     assert (url, tokenizer, kwargs) == ("http://h:8000/v", "org/tok", {"api": "openai", "top_k": 20, "timeout": 2.5})
+    assert parse_served("served:http://h:8080?tokenizer=t&top_k=all")[2] == {"top_k": "all"}
+
+
+def test_a_reply_held_back_at_a_partial_utf8_character_is_asked_again_with_a_grammar(tmp_path, reference):
+    # Real llama-server (built here): after "Weekend plans " + the first bytes of an emoji the
+    # greedy token is another partial byte and the reply had no completion_probabilities, so
+    # served exact scoring of emoji and CJK text failed with a BackendError.
+    port = free_port()
+    with standin(port, tmp_path / "log", "--seed", str(SEED), "--hold-partial"):
+        backend = ServedBackend(f"http://127.0.0.1:{port}", api="llama_cpp", top_k=7, num_rows=ROWS, rest="drop")
+        runner, truth = backend.new_runner(), TopKBackend(reference, 7, rest="drop").new_runner()
+        for ids in IDS:
+            got, want = runner.next_logits(ids), truth.next_logits(ids)
+            torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)], atol=1e-5, rtol=0)
+
+
+def test_top_k_all_asks_for_the_whole_vocabulary_and_scores_as_the_full_model(server, reference):
+    # Where rare tokens hide beyond the top 1000 (emoji, CJK, accents), only the whole
+    # distribution scores within 0.01 bits/char (docs/performance.md): top_k=all fetches it.
+    backend = ServedBackend(server, api="llama_cpp", top_k="all", num_rows=ROWS)
+    assert backend.top_k == ROWS and backend.identity()["top_k"] == ROWS
+    runner, truth = backend.new_runner(), reference.new_runner()
+    for ids in IDS:
+        got = torch.log_softmax(runner.next_logits(ids).double(), -1)
+        want = torch.log_softmax(truth.next_logits(ids).double(), -1)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # every token its own probability, none spread
+    text = "Caf\u00e9 \U0001F600 \u65e5\u672c"
+    full = Ensemble([Member(MemberAssets.build("full", byte_level_tokenizer(), reference, num_rows=ROWS))],
+                    mode="exact").score("", text)
+    served = Ensemble([served_member(backend)], mode="exact").score("", text)
+    assert served.total_bits == pytest.approx(full.total_bits, abs=1e-3)
 
 
 @pytest.mark.parametrize("kwargs, message", [
