@@ -105,7 +105,9 @@ def main() -> None:
         r = run(ens, prompts, args.chars, args.batch, args.batch_only)
         per_call = " / ".join(f"{x:.1f}" for x in r["per_call"])
         identical = "-" if args.batch_only else f"{len(prompts) - len(r['differ'])}/{len(prompts)}"
-        print(f"| {mode} | {r['cps_one']:.1f} | {r['cps_many']:.1f} | {r['cps_many'] / r['cps_one']:.2f}x | "
+        one = "-" if args.batch_only else f"{r['cps_one']:.1f}"
+        ratio = "-" if args.batch_only else f"{r['cps_many'] / r['cps_one']:.2f}x"
+        print(f"| {mode} | {one} | {r['cps_many']:.1f} | {ratio} | "
               f"{per_call} | {r['owners'].mean():.1f} | {identical} |", flush=True)
         print(f"  decodings per batched call: {dict(sorted(r['owners'].counts.items()))}")
         for i in r["differ"]:

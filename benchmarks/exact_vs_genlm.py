@@ -249,8 +249,9 @@ class Peer:
 
 def peer_mixture_score(peers: list["Peer"], prompt: bytes, cont: bytes, width: int, threshold: float) -> Score:
     """genlm-bytes has no ensemble: each model's ByteBeamState reads the same bytes in lockstep and
-    the next-byte distributions are mixed 1/n each, which is what this project's exact-mode
-    mixture rule computes (each member normalised over its options, then averaged)."""
+    the next-byte distributions are mixed 1/n each, as this project's exact-mode mixture rule
+    does (which also masks each member to valid UTF-8 first: genlm does not, so the two can
+    differ slightly where a member gives invalid bytes mass)."""
 
     async def run() -> float:
         beams = [await (await p._initial(width, threshold)).prefill(prompt) for p in peers]
@@ -332,7 +333,8 @@ def main() -> None:
         for text_name, text in texts.items():
             prompt, cont = split_text(text)
             pb, cb = prompt.encode(), cont.encode()
-            n_canonical = max(len(members[n].encode(prompt + cont, add_special_tokens=False)) for n in group)
+            # passes / canonical token: all members' passes over all members' canonical tokens
+            n_canonical = sum(len(members[n].encode(prompt + cont, add_special_tokens=False)) for n in group)
             ours = [project_score([members[n] for n in group], prompt, cont, w, t, n_canonical)
                     for w, t in project_settings]
             theirs = []
@@ -410,7 +412,7 @@ def tightest(settings_scores: list) -> "Score | None":
 
 
 def best_estimate(ours: list, theirs: list) -> tuple[float, str]:
-    """The reference bits: this project's tightest setting, the one with a certified bound.
+    """The reference bits: this project's tightest setting (for one member, checked by its certified bound).
 
     Measured here (prose, SmolLM2): at 32 / 1e-5 the whole read's chain is 0.009 bits under
     its certified bound, and the bound sits 0.83 bits *below* the 16 / 1e-4 chain (and the
@@ -431,8 +433,9 @@ def matched(ours: list, peer: "Score", best: float) -> "Score | None":
 def _ratio_table(say, ratio_rows, threads) -> None:
     say(f"### Distance from the best estimate, and speed at matched accuracy (threads={threads})")
     say()
-    say("The best estimate is the continuation bits of our tightest setting (its whole read's chain sits "
-        "just under its certified bound, and that bound is below the narrower settings' chains). A setting's "
+    say("The best estimate is the continuation bits of our tightest setting; for one member, check it "
+        "by its whole read's certified bound (the chain should sit just under it, and a narrower setting's "
+        "chain above it is in error). A setting's "
         "distance is |its bits - best|: pruning renormalises over the surviving paths, so a setting can "
         "score *fewer* bits than the best estimate, and that is error, not accuracy. At matched accuracy, "
         "each peer setting is compared with our fastest setting whose distance is no larger. The bound "

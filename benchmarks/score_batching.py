@@ -5,7 +5,7 @@
 Scores each text of benchmarks/texts as exact_vs_genlm.py does (prompt read as bytes from
 BOS: `Ensemble.score("", text)`, beam 8 / prune 1e-3 unless --beam/--prune say otherwise)
 with scoring.SPECULATE off (each byte's owed passes, then wait) and on (the passes the known
-text will owe later are queued with them: ExactBeam.speculate), and prints per text x member:
+text will owe later are queued with them: ahead.queue_beam_ahead), and prints per text x member:
 
 - calls: batched model calls the member's scheduler made; rows: passes in them; the
   one-pass prefill of the canonical tokens is counted apart (1 call, not in rows);

@@ -100,7 +100,7 @@ def exact_bits(members: list[Member], text: str) -> float:
 def canonical_tail(member: Member, text: str, k: int) -> tuple[int, int, float, float]:
     """Along the canonical tokens: (tokens, tokens outside top k, mean mass outside top k, bits the spread loses)."""
     session = member.open_session("")
-    head, full = session.token_ids(b""), session.token_ids(text.encode("utf-8"))
+    head, full = session.ids.token_ids(b""), session.ids.token_ids(text.encode("utf-8"))
     runner = member.assets.backend.new_runner()
     outside, tail_mass, lost = 0, 0.0, 0.0
     for i in range(len(head), len(full)):

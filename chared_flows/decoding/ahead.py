@@ -28,7 +28,7 @@ class AheadPasses:
         self._ahead: dict[tuple[int, ...], tuple[PassScheduler, Future]] = {}  # see queue
         self._queued: set[tuple[int, ...]] = set()  # every id sequence ever queued ahead (none twice)
         self._peeked: dict[tuple[int, ...], tuple] = {}  # prefill results looked at ahead (see prefilled)
-        self.token_ends: dict[tuple, list] = {}  # ExactBeam._token_ends' memo
+        self.token_ends: dict[tuple, list] = {}  # _token_ends' memo (below)
 
     def queue(self, ids: Sequence[int], parent: Any) -> None:
         """Exact scoring: queue now the pass a path will owe once the known text ends its token.
@@ -130,6 +130,7 @@ exact.ExactBeam) will spawn.
             beam.session.ahead.queue(ids, cache)
     for path in fresh:
         path.queued_ahead = True
+
 
 def _token_ends(beam: Any, ids: tuple, q: bytes, lo: int, hi: int, probs: np.ndarray, ahead: bytes) -> list:
     """Where the current token after `ids` (read so far: q) can end along `ahead`, memoised per (ids, q).

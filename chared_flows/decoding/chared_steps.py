@@ -3,7 +3,7 @@
 A round opens with one pass per active member on the text so far (driver.open_round);
 greedy writes the round's most probable unit, sampling draws units until the round
 ends (END) or the text does (EOS). Members whose token ended the round continue from
-it (driver.ending_tokens, MemberSession.follow).
+it (driver.ending_tokens, TokenTrack.follow).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class CharedSteps:
         return self._round_at(bytes(self.output.out) + data, count=False)
 
     def _follow(self, node: EnsembleRound, out: bytes, keep_only: bool) -> None:
-        """Members whose token ended the round continue from it (MemberSession.follow)."""
+        """Members whose token ended the round continue from it (TokenTrack.follow, session.ids)."""
         for session, token in zip(self.sessions, ending_tokens(node)):
             if session is None:
                 continue

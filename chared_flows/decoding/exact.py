@@ -209,7 +209,7 @@ class ExactBeam:
         the model's own greedy writes one line). So the unit's choice is committed:
         this beam keeps the ended paths only, provided they hold at least `min_share`
         of the mass that reads `byte` (below it, another member's END cut here and this
-        member would not end its token here: see decoder's ENDING_SHARE).
+        member would not end its token here: see ENDING_SHARE above).
         """
         new = self._read(byte)
         ended = [p for p in new if not p.q]
@@ -302,7 +302,7 @@ class ExactBeam:
             if known is not None:  # scoring: a prefix of the text's canonical tokens, computed at once
                 self.settle(path, known)
                 continue
-            request = self.session.ahead.take(path.ids)  # scoring: queued before it was owed (queue_ahead)
+            request = self.session.ahead.take(path.ids)  # scoring: queued before it was owed (queue_beam_ahead)
             if request is None:
                 request = self.session.submit_probs(path.ids, parent=path.parent_cache, fork=True)
             queued.append((path, request))
@@ -427,7 +427,7 @@ class ExactSource:
     def lookahead(self, origin: int = 0) -> EnsembleRound:
         """A round over the rest of each member's current token (greedy's unit in exact mode).
 
-        `origin`: which of the step's lookaheads this is (the decoder's bookkeeping, see _next_lookahead).
+        `origin`: which of the step's lookaheads this is (ExactSteps' bookkeeping, see ExactSteps._next_lookahead).
         """
         self.prepare()
         members = [None if b is None else b.lookahead() for b in self.beams]

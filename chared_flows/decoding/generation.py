@@ -108,6 +108,7 @@ class Generation:
                     break
                 with bound_client(self.client):
                     decided = list(self.steps.step())
+                self.stats.chars = self.output.chars  # live, for a caller reading stats mid-stream
                 yield from decided
         finally:
             if registered:

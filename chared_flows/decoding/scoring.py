@@ -65,9 +65,11 @@ class ScoreResult:
     pruned_mass: float  # exact: largest per-member pruned fraction; chared: pruned share of round starts
     forward_passes: dict[str, int] = field(default_factory=dict)
     reseeds: dict[str, int] = field(default_factory=dict)  # exact: beams re-seeded after losing every path
-    # exact: per member, a certified upper bound on its total bits of the text (the kept paths'
-    # mass, not renormalised: pruning can only raise it). total_bits is the chain of renormalised
-    # next-byte conditionals, an estimate that pruning can push below the true bits.
+    # exact: per member, a certified upper bound (up to float rounding) on its total bits of the
+    # text given the prompt, the prompt's last tokens summed over their tokenizations as exact
+    # mode reads them (the kept paths' mass, not renormalised: pruning can only raise it).
+    # total_bits is the chain of renormalised next-byte conditionals, an estimate that pruning
+    # can push below the true bits.
     bound_bits: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -171,7 +173,7 @@ def score_chared(ens: Scorable, sessions, text: str) -> ScoreResult:
     """Forward algorithm over round boundaries; a state is (position, every member's token ids).
 
     Generation continues a member from its own token when that token ended the round
-    (MemberSession.follow), so where a round ends changes what each member sees next:
+    (TokenTrack.follow, session.ids), so where a round ends changes what each member sees next:
     the states at a position are the distinct id sequences that reach it. States are
     pruned like exact mode's beam (beam_width per position, prune_threshold share).
     """
@@ -222,7 +224,7 @@ def _walk_round(ens: Scorable, sessions, data: bytes, j: int, key: tuple, log_al
 
 
 def _state_after(sessions, key: tuple, node: EnsembleRound, origin: bytes, written: bytes) -> tuple:
-    """Each member's ids once the round ends here, as generation records them (MemberSession.follow)."""
+    """Each member's ids once the round ends here, as generation records them (TokenTrack.follow, session.ids)."""
     out = []
     for session, ids, token in zip(sessions, key, ending_tokens(node)):
         following = None if session is None else session.ids.continued_ids(ids, origin, written, token)
