@@ -258,7 +258,7 @@ class LlamaCppRunner:
     runners for passes queued ahead that may never run.
     """
 
-    def __init__(self, backend: "LlamaCppBackend", context: _Context | None = None):
+    def __init__(self, backend: "LlamaCppBackend"):
         self.backend = backend
         self._context: _Context | None = None
         self.forward_passes = 0
@@ -268,8 +268,6 @@ class LlamaCppRunner:
         self._ids: list[int] = []  # what sequence 0 holds
         self._logits: torch.Tensor | None = None  # logits after self._ids
         self._restored: LlamaSnapshot | None = None  # restored from another context: applied at the next call
-        if context is not None:
-            self._own(context)
 
     def _own(self, context: _Context) -> _Context:
         self._context = context
