@@ -157,15 +157,18 @@ class FakePromptLayer:
                     status, answer = 500, {"success": False, "message": "boom"}
                 else:
                     status, answer = fake._answer(path, method, body, self.headers)
+                # Record before answering: the client returns as soon as it reads the answer, and a
+                # test that looks at `accepted` then must find it there (appending after the write
+                # raced the test's assertion and failed CI once).
+                if 200 <= status < 300:
+                    with fake._lock:
+                        fake.accepted.append((path, body))
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                if 200 <= status < 300:
-                    with fake._lock:
-                        fake.accepted.append((path, body))
 
             def do_POST(self) -> None:
                 self._serve("POST")
