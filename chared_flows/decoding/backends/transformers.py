@@ -17,6 +17,7 @@ costs microseconds instead of a deep copy's milliseconds and memory.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -140,8 +141,13 @@ def last_logits_only(model: Any, positions: torch.Tensor | int = 1) -> dict[str,
     `positions`: 1 (the last, one sequence) or a (rows, 1) tensor of each row's last real
     position (the batch right-pads its new tokens). Models without the argument get {}.
     """
-    params = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": positions} if "logits_to_keep" in params else {}
+    return {"logits_to_keep": positions} if _keeps_logits(type(model)) else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _keeps_logits(model_class: type) -> bool:
+    # Once per model class: every batched pass asks, and reading a signature is not free.
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def new_cache(model: Any) -> Any:
