@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
+from chared_flows.decoding.backends import cpu_linear
 from chared_flows.decoding.backends.protocol import TokenRunner, common_prefix_len, loop_batch
 
 
@@ -237,6 +238,7 @@ class TransformersBackend:
         self.model = model
         self.source = source
         self._cache_arg = cache_argument(model)
+        self.linear_kernels = cpu_linear.install(model)  # "onednn" on CPU fp32 where it checks out, else "stock"
 
     def new_runner(self) -> TokenRunner:
         return CachedRunner(self.model)
@@ -343,6 +345,7 @@ class TransformersBackend:
             "architecture": (getattr(config, "architectures", None) or [type(self.model).__name__])[0],
             "dtype": str(getattr(self.model, "dtype", "")).replace("torch.", ""),
             "device": str(_model_device(self.model)),
+            "linear_kernels": self.linear_kernels,
         }
 
 
