@@ -67,7 +67,7 @@ def prefill(backend, ids: list[int]) -> float:
 def calls_table(member: Member, repeats: int, threads: int) -> None:
     backend, model = member.assets.backend, member.assets.backend.model
     ids = member.encode((ROOT / "benchmarks" / "texts" / "prose.txt").read_text() * 3, add_special_tokens=False)
-    jobs = [(f"{rows} row{'s' if rows > 1 else ''} x 1 token", lambda r=rows: one_call(backend, ids, r)) for r in ROWS]
+    jobs = [(f"{r} row{'s' if r > 1 else ''} x 1 token", lambda r=r: one_call(backend, ids, r)) for r in ROWS]
     jobs.append(("prefill 1 x 100 tokens", lambda: prefill(backend, ids)))
     best: dict[tuple[str, str], float] = {}
     for _ in range(repeats):
