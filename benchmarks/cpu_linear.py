@@ -1,4 +1,4 @@
-"""The transformers backend's CPU linear kernels: stock (MKL via nn.Linear) against oneDNN, side by side.
+"""The transformers backend's CPU output layer: stock (MKL via nn.Linear) against its fast kernels, side by side.
 
     taskset -c 1 python benchmarks/cpu_linear.py [--threads 1] [--models smollm2,gemma3-270m] [--repeats 3]
 
@@ -77,7 +77,7 @@ def calls_table(member: Member, repeats: int, threads: int) -> None:
                 seconds = job()
                 best[label, kernels] = min(best.get((label, kernels), seconds), seconds)
     print(f"\n{member.name}: one model call, fastest of {repeats} (ms; threads={threads}, load {load()})")
-    print("| call | stock ms | oneDNN ms | speed-up | stock ms per row | oneDNN ms per row |")
+    print("| call | stock ms | fast ms | speed-up | stock ms per row | fast ms per row |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, _ in jobs:
         rows = int(label.split()[0]) if "row" in label else 1

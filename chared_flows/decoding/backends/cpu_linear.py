@@ -1,25 +1,26 @@
-"""Faster fp32 linear layers on CPU for the small batches decoding runs (transformers backend).
+"""A faster output layer on CPU for the small batches decoding runs (transformers backend).
 
 The trap: on CPU, `torch.nn.Linear` calls MKL's sgemm, and for the 1-16 rows a decode
-step feeds, that is far from the cost of reading the weights once. Measured with
-`python benchmarks/cpu_linear.py` (1 thread, torch 2.13 CPU, Gemma-3's 262,144 x 640
-output layer): 60 ms for 1 row, 125 for 2, 188 for 3, 107 for 4, 129 for 8. Two and
-three rows run as that many separate matrix-vector products, so a batch of 2 or 3 paths
-costs 2-3 single passes and batching does not pay. oneDNN's linear
-(`torch.ops.mkldnn._linear_pointwise`, what torch.compile emits for CPU linears) on the
-same dense weight: 51, 70, 71, 74, 90 ms. And one row is read fastest from the
-transposed layout: `x @ W.T` with `W.T` contiguous took 32 ms.
+step feeds, the output layer (vocabulary x hidden, the largest matrix of a small model)
+costs far more than reading its weights once. Measured on this machine (1 thread, torch
+2.13 CPU, Gemma-3's 262,144 x 640 output layer): 60 ms for 1 row, 125 for 2, 188 for 3,
+107 for 4, 129 for 8: two and three rows run as that many matrix-vector products, so a
+batch of 2 or 3 paths costs 2-3 single passes. oneDNN's linear on the same dense weight
+(`torch.ops.mkldnn._linear_pointwise`, what torch.compile emits for CPU linears): 51, 70,
+71, 74, 90 ms. And one row is read fastest from the transposed layout: `x @ W.T` with
+`W.T` contiguous took 32 ms. The hidden layers are left alone: they are small, oneDNN's
+fixed cost per call (about 15 us) makes it slower on most of them, and whole-model
+timings with them switched were no better (`benchmarks/cpu_linear.py` prints the
+whole-model effect).
 
-So `install(model)` gives each `nn.Linear` of a CPU fp32 model a forward that uses
-oneDNN, and the output layer (the largest matrix, tied to the embeddings in the
-embedded models) one transposed copy for 1-row products: that copy is the one memory
-cost (Gemma-3: 671 MB, SmolLM2: 113 MB), and why the weights must not change after
-`install` (inference only: a trained weight would leave the copy stale). Results differ from MKL's by float rounding
-only (summation order; about 1e-4 absolute on logits of size 10-30).
-
-Each layer is checked once against `F.linear` on a random input before it is switched,
-and any layer whose check fails (or a torch without the op) keeps the stock forward:
-`install` returns what it did, which the backend reports in its identity.
+So `install(model)` gives the output layer of a CPU fp32 model a forward that uses one
+transposed copy of its weight for 1-row products (the one memory cost: Gemma-3 671 MB,
+SmolLM2 113 MB; the weights must not change after `install`, inference only) and oneDNN
+for more rows. Results differ from MKL's by float rounding only (summation order; about
+1e-4 absolute on logits of size 10-30). The layer is checked against `F.linear` on a
+random input before it is switched; if the check fails (or this torch has no oneDNN
+linear) it keeps its stock forward. `install` returns which it is ("onednn" or
+"stock"), which the backend reports in its identity; CHARED_LINEAR=stock opts out.
 """
 
 from __future__ import annotations
@@ -38,20 +39,17 @@ _CHECK_TOLERANCE = 1e-3  # relative to the output's scale: rounding differences 
 
 
 def install(model: Any) -> str:
-    """Switch the model's CPU fp32 linear layers to the faster kernels; return which kernels it now uses."""
+    """Switch the model's output layer to the faster kernels where it can; return which kernels it uses."""
     if os.environ.get(ENV, "").strip().lower() == STOCK or not _onednn_linear_available():
         return STOCK
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    switched = [
-        _switch(module, transposed_row=module is output)
-        for module in model.modules()
-        if type(module) is torch.nn.Linear and _eligible(module.weight)
-    ]
-    return ONEDNN if any(switched) else STOCK
+    if type(output) is not torch.nn.Linear or not _eligible(output.weight):
+        return STOCK
+    return ONEDNN if _switch(output) else STOCK
 
 
 def uninstall(model: Any) -> None:
-    """Every linear layer back to its stock forward (benchmarks compare both in one process)."""
+    """The output layer (every linear layer) back to its stock forward; benchmarks compare both in one process."""
     for module in model.modules():
         if type(module) is torch.nn.Linear:
             _restore(module)
@@ -65,10 +63,9 @@ def _eligible(weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
 
 
-def _switch(module: torch.nn.Linear, transposed_row: bool) -> bool:
-    if transposed_row:
-        # A copy, not a view: the embeddings share `weight` and need its row-major layout.
-        module._row_weight = module.weight.detach().t().contiguous()
+def _switch(module: torch.nn.Linear) -> bool:
+    # A copy, not a view: tied embeddings share `weight` and need its row-major layout.
+    module._row_weight = module.weight.detach().t().contiguous()
     module.forward = types.MethodType(_fast_forward, module)
     if _agrees(module):
         return True
@@ -82,11 +79,10 @@ def _restore(module: torch.nn.Linear) -> None:
 
 
 def _fast_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != self.weight.dtype or x.device.type != "cpu":
+    if x.device.type != "cpu" or not x.dtype == self.weight.dtype == torch.float32:  # moved or cast since
         return F.linear(x, self.weight, self.bias)
-    row_weight = self.__dict__.get("_row_weight")
-    if row_weight is not None and x.numel() == x.shape[-1]:  # one row: the transposed layout reads fastest
-        out = x @ row_weight
+    if x.numel() == x.shape[-1]:  # one row: the transposed layout reads fastest
+        out = x @ self._row_weight
         return out + self.bias if self.bias is not None else out
     return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 

@@ -29,9 +29,8 @@ def test_fast_kernels_give_stock_logits_alone_and_batched(arch):
     want = stock_logits(model, SEQUENCES)
     backend = TransformersBackend(model)
     assert backend.linear_kernels == "onednn" and backend.identity()["linear_kernels"] == "onednn"
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
-    assert switched(model) == linears  # every layer passed its check
     output = model.get_output_embeddings()
+    assert switched(model) == [output]  # the hidden layers keep their stock forward
     assert output._row_weight.shape == output.weight.shape[::-1] and output._row_weight.is_contiguous()
     alone = [UncachedRunner(model).next_logits(ids) for ids in SEQUENCES]  # one row at a time: the transposed copy
     runners = [backend.new_runner() for _ in SEQUENCES]
@@ -75,3 +74,13 @@ def test_a_layer_that_disagrees_keeps_its_stock_forward(monkeypatch):
 def test_only_cpu_fp32_layers_are_switched():
     model = tiny_model(60, seed=1).to(torch.bfloat16)
     assert cpu_linear.install(model) == "stock" and switched(model) == []
+
+
+def test_a_model_cast_after_install_falls_back_to_stock():
+    model = tiny_model(60, seed=1)
+    assert cpu_linear.install(model) == "onednn"
+    model.to(torch.float64)
+    runner = UncachedRunner(model)
+    logits = runner.next_logits([3, 4, 5])
+    cpu_linear.uninstall(model)
+    torch.testing.assert_close(logits, UncachedRunner(model).next_logits([3, 4, 5]))
