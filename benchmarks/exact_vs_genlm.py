@@ -6,7 +6,8 @@ genlm-bytes is an optional benchmark dependency (`pip install -e ".[bench]"`,
 see pyproject's `bench` extra for the flags that keep pip from pulling a CUDA
 torch). Without it, only this project's figures are printed.
 
-Same model weights (the loaded HF model is handed to genlm's AsyncTransformer),
+Same model weights and kernels (the loaded HF model object is handed to genlm's
+AsyncTransformer, so its calls use the output layer's CPU kernels too: cpu_linear.py),
 same texts (benchmarks/texts/*.txt), same conditioning: both start from the
 tokenizer's BOS token and read the prompt *as bytes* through their beam (this
 project: `Ensemble.score("", prompt + continuation)`; genlm: `beam.prefill`),
