@@ -19,7 +19,8 @@ SmolLM2 113 MB; the weights must not change after `install`, inference only) and
 for more rows. Results differ from MKL's by float rounding only (summation order; about
 1e-4 absolute on logits of size 10-30). The layer is checked against `F.linear` on a
 random input before it is switched; if the check fails (or this torch has no oneDNN
-linear) it keeps its stock forward. `install` returns which it is ("onednn" or
+linear) it keeps its stock forward. Both happen once per model load: 1.3 s for Gemma-3
+(the copy 0.7 s, the check 0.6 s; 1 thread). `install` returns which it is ("onednn" or
 "stock"), which the backend reports in its identity; CHARED_LINEAR=stock opts out.
 """
 
