@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.exact_vs_genlm import project_byte_greedy, split_text  # noqa: E402
+from benchmarks.exact_vs_genlm import load, project_byte_greedy, split_text  # noqa: E402
 from chared_flows.decoding import Ensemble, Member  # noqa: E402
 from chared_flows.decoding.backends import cpu_linear  # noqa: E402
 
@@ -36,10 +36,6 @@ def use(model, kernels: str) -> None:
     cpu_linear.uninstall(model)
     if kernels == "onednn" and cpu_linear.install(model) != "onednn":
         raise SystemExit("oneDNN linear unavailable in this torch; nothing to compare")
-
-
-def load() -> str:
-    return f"{os.getloadavg()[0]:.2f}"
 
 
 def one_call(backend, ids: list[int], rows: int) -> float:
