@@ -25,8 +25,11 @@ next-byte probability). Definitions:
   an aggressive setting can score fewer bits than the best estimate: that is error.
 - matched accuracy: each peer setting against this project's fastest setting whose
   distance is no larger; the ratio is the peer's seconds over ours.
-- certified bound: ScoreResult.bound_bits of the whole read (one member), the kept
-  paths' mass without renormalisation; the true bits are at most this.
+- certified bound: ScoreResult.ensemble_bound_bits of the whole read, the kept
+  paths' mass without renormalisation; the true bits are at most this. For one
+  member it is its own bound_bits (tight: just above the chain); for the mixture,
+  the weighted mean of the members' bounds (valid, but looser than the mixture's
+  chain by the mixture's gain over its members: see scoring.ensemble_bound_bits).
 - mixture: both models at 1/2 each (exact mode, rule "mixture"); genlm-bytes has no
   ensemble, so its two ByteBeamStates read in lockstep and their next-byte
   distributions are mixed the same way.
@@ -84,9 +87,9 @@ def load() -> str:
 
 
 def settings(spec: str) -> list[tuple[int, float]]:
-    """"8:1e-3,16:1e-4" -> [(8, 0.001), (16, 0.0001)]."""
+    """"8:1e-3,16:1e-4" -> [(8, 0.001), (16, 0.0001)]; "" -> [] (e.g. --peer "": ours only)."""
     out = []
-    for item in spec.split(","):
+    for item in filter(None, spec.split(",")):
         width, threshold = item.split(":")
         out.append((int(width), float(threshold)))
     return out
@@ -128,7 +131,7 @@ def project_score(members: list[Member], prompt: str, cont: str, width: int, thr
     seconds = time.perf_counter() - start
     bits = -sum(result.byte_logprobs[len(prompt.encode()):]) / LN2
     passes = sum(result.forward_passes.values())
-    bound = result.bound_bits.get(ens.names[0]) if len(members) == 1 else None  # one member: its own bound
+    bound = result.ensemble_bound_bits  # one member: its own bound; the mixture: the weighted mean of theirs
     return Score("chared_flows", f"beam {width} / {threshold:g}", bits, seconds, str(passes),
                  passes / n_canonical, result.pruned_mass, result.total_bits, bound)
 
@@ -413,7 +416,7 @@ def tightest(settings_scores: list) -> "Score | None":
 
 
 def best_estimate(ours: list, theirs: list) -> tuple[float, str]:
-    """The reference bits: this project's tightest setting (for one member, checked by its certified bound).
+    """The reference bits: this project's tightest setting (checked by its certified bound: tight for one member).
 
     Measured here (prose, SmolLM2): at 32 / 1e-5 the whole read's chain is 0.009 bits under
     its certified bound, and the bound sits 0.83 bits *below* the 16 / 1e-4 chain (and the
@@ -436,11 +439,12 @@ def _ratio_table(say, ratio_rows, threads) -> None:
     say()
     say("The best estimate is the continuation bits of our tightest setting; for one member, check it "
         "by its whole read's certified bound (the chain should sit just under it, and a narrower setting's "
-        "chain above it is in error). A setting's "
+        "chain above it is in error; for the mixture the bound is the weighted mean of the members' "
+        "bounds, valid but looser by the mixture's gain over its members). A setting's "
         "distance is |its bits - best|: pruning renormalises over the surviving paths, so a setting can "
         "score *fewer* bits than the best estimate, and that is error, not accuracy. At matched accuracy, "
         "each peer setting is compared with our fastest setting whose distance is no larger. The bound "
-        "column is certified (kept paths' mass, not renormalised, whole read from BOS; one member only): "
+        "column is certified (kept paths' mass, not renormalised, whole read from BOS): "
         "the true bits of the whole read are at most this.")
     say()
     say("| text | model | best estimate (bits) | system | setting | bits | distance | whole read: chain bits "

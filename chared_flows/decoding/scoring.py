@@ -71,6 +71,9 @@ class ScoreResult:
     # total_bits is the chain of renormalised next-byte conditionals, an estimate that pruning
     # can push below the true bits.
     bound_bits: dict[str, float] = field(default_factory=dict)
+    # exact, rules "mixture" and "product": a certified upper bound on the ensemble's own bits,
+    # sum_k w_k * bound_bits[k] (see ensemble_bound_bits); None where it does not hold.
+    ensemble_bound_bits: float | None = None
 
     @classmethod
     def from_logprobs(cls, logprobs: list[float], text: str, pruned: float, passes: dict[str, int]) -> "ScoreResult":
@@ -146,6 +149,7 @@ def score_exact(ens: Scorable, sessions, text: str) -> ScoreResult:
     result = ScoreResult.from_logprobs(logprobs, text, pruned, _passes(ens, sessions))
     result.reseeds = {n: r for n, r in zip(ens.names, source.reseeds) if r}
     result.bound_bits = _bound_bits(ens.names, source.beams, prompt_bounds)
+    result.ensemble_bound_bits = ensemble_bound_bits(ens.config.rule, ens.weights, ens.names, result.bound_bits)
     return result
 
 
@@ -166,6 +170,33 @@ def _bound_bits(names, beams, prompt_bounds) -> dict[str, float]:
         if beam is not None and prompt_log is not None and not beam.reseeds:
             out[name] = (prompt_log - beam.kept_mass_log) / LN2
     return out
+
+
+# Rules whose combined conditional is never below the weighted geometric mean of the members'.
+GEOMETRIC_MEAN_BOUNDED = ("mixture", "product")
+
+
+def ensemble_bound_bits(rule: str, weights: np.ndarray, names, bound_bits: dict[str, float]) -> float | None:
+    """A certified upper bound on the ensemble's bits of the text: sum_k w_k * bound_bits[k].
+
+    The ensemble's bits are a chain of combined conditionals, sum_t -log2 q_t, and no chain
+    of conditionals telescopes to the kept masses (each step would need an upper bound on
+    every pruned path's later mass, which grows out of all proportion). The weighted
+    geometric mean does: at each byte, mixture's q_t = sum_k w_k p_kt >= prod_k p_kt^w_k
+    (weighted AM >= GM), and product's q_t = prod_k p_kt^w_k / Z_t with Z_t <= 1 (the same
+    inequality summed over the options). Over the text, prod_t prod_k p_kt^w_k =
+    prod_k P_k(text | prompt)^w_k, and each member's bound_bits bounds -log2 of that.
+    It is looser than the members' own bounds by the ensemble's gain over them (the
+    weighted average's bits minus the ensemble's). None for "adaptive" (its weights move
+    per byte, so the product does not telescope) and when a member with weight > 0 has no
+    bound (re-seeded).
+    """
+    active = [(name, float(w)) for name, w in zip(names, weights) if w > 0]
+    if any(name not in bound_bits for name, _ in active):
+        return None
+    if len(active) > 1 and rule not in GEOMETRIC_MEAN_BOUNDED:
+        return None  # (one member alone is itself under every rule)
+    return sum(w * bound_bits[name] for name, w in active) / sum(w for _, w in active)
 
 
 @scoring

@@ -63,6 +63,18 @@ class BruteForce:
                 total += probs[token_id] * self.prefix(ids + (token_id,), rest[len(data):])
         return total
 
+    def next_byte_masses(self, ids: tuple, rest: bytes) -> np.ndarray:
+        """prefix(ids, rest + b) for all 256 bytes b in one recursion (prefix() 256 times is slow)."""
+        out, probs = np.zeros(256), self._probs(ids)
+        for token_id, data in enumerate(self.vocab.tokens):
+            if not data:
+                continue
+            if data.startswith(rest) and len(data) > len(rest):  # the token writes the next byte itself
+                out[data[len(rest)]] += probs[token_id]
+            elif rest.startswith(data):  # the token ends inside rest, or exactly at its end
+                out += probs[token_id] * self.next_byte_masses(ids + (token_id,), rest[len(data):])
+        return out
+
     def ends_with_eos(self, ids: tuple, rest: bytes) -> float:
         """Sum over token sequences whose bytes are exactly `rest`, times p(EOS) after them."""
         probs = self._probs(ids)
@@ -315,3 +327,69 @@ def test_scoring_with_passes_queued_ahead_equals_pass_by_pass_in_fewer_calls(kin
     assert calls[True] < calls[False], (calls, rows)
     assert rows[True] <= 1.1 * rows[False], rows  # queued only where sure to pass the threshold (beam width aside)
     assert not scheduler._queue  # nothing queued ahead is left to run
+
+
+@lru_cache(maxsize=None)
+def _f64_pair() -> tuple[Member, Member]:
+    return f64_member("byte_level", seed=3), f64_member("byte_fallback", seed=5)
+
+
+@lru_cache(maxsize=None)
+def _true_conditionals(k: int, anchor: tuple, tail: bytes, text: bytes) -> list[np.ndarray]:
+    """Brute force: member k's next-option distribution at every byte of `text`, all tokenizations summed."""
+    brute = BruteForce(_f64_pair()[k])
+    dists = []
+    for i in range(len(text)):
+        read = tail + text[:i]
+        dist = np.zeros(NUM_OPTIONS)
+        dist[:256] = brute.next_byte_masses(anchor, read) * next_byte_mask(split_complete(read)[1])
+        dist[EOS] = 0.0 if split_complete(read)[1] else brute.ends_with_eos(anchor, read)
+        # the one-recursion oracle agrees with the original one on the byte that matters
+        assert dist[text[i]] == pytest.approx(brute.prefix(anchor, read + text[i:i + 1]), rel=1e-12)
+        dists.append(dist / dist.sum())
+    return dists
+
+
+def _combined_bits(rule: str, weights, per_member: list[list[np.ndarray]], text: bytes) -> float:
+    bits = 0.0
+    for i, byte in enumerate(text):
+        dists = [member_dists[i] for member_dists in per_member]
+        if rule == "mixture":
+            q = sum(w * d for w, d in zip(weights, dists))
+        else:  # product, renormalised over the options
+            with np.errstate(divide="ignore"):
+                q = np.exp(sum(w * np.log(d) for w, d in zip(weights, dists)))
+            q = q / q.sum()
+        bits -= math.log2(q[byte])
+    return bits
+
+
+@pytest.mark.parametrize("rule", ["mixture", "product"])
+def test_ensemble_bound_bits_never_below_the_ensembles_true_bits(rule):
+    """Two members with different tokenizers: the ensemble's chain equals brute force without
+    pruning, and ensemble_bound_bits (weighted mean of the member bounds) is never below the
+    ensemble's true bits, with pruning or without."""
+    members = _f64_pair()
+    weights = [0.3, 0.7]
+    prompt, text = "The", b" quick"
+    for setting in SETTINGS:
+        result = Ensemble(members, mode="exact", rule=rule, weights=weights, **setting).score(prompt, text.decode())
+        anchors = [ExactBeam.start(m.open_session(prompt), **setting).anchor for m in members]  # the scoring's own
+        truth = _combined_bits(rule, weights, [_true_conditionals(k, *a, text) for k, a in enumerate(anchors)], text)
+        if result.reseeds:
+            assert result.ensemble_bound_bits is None
+            continue
+        assert result.ensemble_bound_bits >= truth - 1e-9, (setting, result.ensemble_bound_bits, truth)
+        if setting is NO_PRUNING:
+            assert result.total_bits == pytest.approx(truth, rel=1e-9, abs=1e-9)
+            members_bits = [result.bound_bits[m.name] for m in members]  # exact without pruning
+            assert result.ensemble_bound_bits == pytest.approx(np.dot(weights, members_bits), rel=1e-12)
+            assert result.ensemble_bound_bits > truth  # looser by the ensemble's gain, not equal
+
+
+def test_ensemble_bound_bits_is_none_for_the_adaptive_rule_and_the_member_bound_alone():
+    members = _f64_pair()
+    adaptive = Ensemble(members, mode="exact", rule="adaptive", **NO_PRUNING).score("The", " q")
+    assert adaptive.bound_bits and adaptive.ensemble_bound_bits is None
+    alone = Ensemble(members, mode="exact", rule="adaptive", weights=[0.0, 1.0], **NO_PRUNING).score("The", " q")
+    assert alone.ensemble_bound_bits == alone.bound_bits[members[1].name]
