@@ -30,6 +30,8 @@ class VariantSpec:
     tokenizer_families: tuple[str, ...] = ()
     # A variant read from the model registry: where from, e.g. "models:/NAME@champion (version 3)".
     combination: str = ""
+    # ...and the backend each member is pinned to there (Combination.backends); () = unpinned.
+    backends: tuple[str, ...] = ()
 
     @property
     def is_single(self) -> bool:
@@ -39,7 +41,7 @@ class VariantSpec:
     def from_dict(cls, data: dict[str, Any]) -> "VariantSpec":
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("members", "tokenizer_families"):
+        for key in ("members", "tokenizer_families", "backends"):
             if key in values:
                 values[key] = tuple(values[key])
         if values.get("weights") is not None:

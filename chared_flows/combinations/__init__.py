@@ -1,6 +1,6 @@
 """Shipping a combination: the versioned object, the model registry, live A/B routing.
 
-    combination.py       the content-addressed Combination (members + fingerprints from decoding/backends/fingerprints.py, DecodeConfig, template, evidence)
+    combination.py       the content-addressed Combination (members + fingerprints from decoding/backends/fingerprints.py, pinned backends, DecodeConfig, template, evidence)
     evidence.py          an A/B run's variant -> Combination (the one reader of the report's layout)
     registry.py          MLflow Model Registry: promote, load back by models:/NAME@ALIAS   (mlflow)
     pyfunc.py            the pyfunc model; mlflow_model_code.py is the models-from-code file (mlflow)

@@ -1,12 +1,13 @@
 """A combination: the versioned, content-addressed object a team ships.
 
-Members (spec strings) with a fingerprint of each one's files, the complete DecodeConfig
-(weights included), the chat flag, the prompt template (name@version, hash and text) when
-there is one, and the evidence that chose it (A/B run, variant, metrics, verdicts).
+Members (spec strings) with a fingerprint of each one's files and the backend each ran on,
+the complete DecodeConfig (weights included), the chat flag, the prompt template
+(name@version, hash and text) when there is one, and the evidence that chose it (A/B run,
+variant, metrics, verdicts).
 
-`content_hash` covers what changes an output: members, fingerprints, decoding, chat and
-the template. Evidence is left out on purpose: the same combination chosen again by a
-later A/B run is the same thing to deploy, so it keeps its registry version.
+`content_hash` covers what changes an output: members, fingerprints, backends, decoding,
+chat and the template. Evidence is left out on purpose: the same combination chosen again
+by a later A/B run is the same thing to deploy, so it keeps its registry version.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -22,6 +23,7 @@ from chared_flows.decoding.config import DecodeConfig
 from chared_flows.errors import ConfigError
 
 FORMAT = 1
+PINNABLE = ("transformers", "llama_cpp", "served")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
 
@@ -72,11 +74,23 @@ class Combination(BaseModel):
     chat: bool = False
     template: TemplateRef | None = None
     evidence: dict[str, Any] = Field(default_factory=dict)
+    # The backend each member ran on where the evidence was measured. A plain spec such as
+    # "smollm2" decodes through llama.cpp where its binding is installed and through
+    # transformers elsewhere (decoding/backends/auto.py), and their numbers differ; the A/B
+    # verdict is about one of them, so loading pins it. None: not recorded (a run from
+    # before runs logged their backend policy): each machine chooses as it would.
+    backends: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_fingerprint_per_member(self) -> "Combination":
         if len(self.fingerprints) != len(self.members):
             raise ValueError(f"{len(self.fingerprints)} fingerprints for {len(self.members)} members")
+        if self.backends is not None:
+            if len(self.backends) != len(self.members):
+                raise ValueError(f"{len(self.backends)} backends for {len(self.members)} members")
+            for spec, backend in zip(self.members, self.backends):
+                if backend not in PINNABLE:
+                    raise ValueError(f"backend {backend!r} of member {spec!r} is not one of {', '.join(PINNABLE)}")
         weights = self.decoding.weights
         if weights is not None and len(weights) != len(self.members):
             raise ValueError(f"{len(weights)} weights for {len(self.members)} members ({', '.join(self.members)})")
@@ -86,6 +100,8 @@ class Combination(BaseModel):
 
     def content(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"evidence"})
+        if data["backends"] is None:  # unpinned: hashed as before the field existed (registry versions stay)
+            del data["backends"]
         if data["template"] is not None:  # name, version and hash identify it; the text is in the hash
             data["template"] = {k: data["template"][k] for k in ("name", "version", "hash")}
         return data
@@ -97,7 +113,8 @@ class Combination(BaseModel):
 
     def describe(self) -> str:
         weights = "" if self.decoding.weights is None else " weights " + "/".join(f"{w:g}" for w in self.decoding.weights)
-        return f"{'+'.join(self.members)}{weights} mode {self.decoding.mode}"
+        backends = "" if self.backends is None else " on " + "/".join(self.backends)
+        return f"{'+'.join(self.members)}{weights} mode {self.decoding.mode}{backends}"
 
     # --- JSON ------------------------------------------------------------
 
@@ -115,7 +132,9 @@ class Combination(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise ConfigError(f"{where} is invalid at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            at = f" at {'.'.join(map(str, first['loc']))}" if first["loc"] else ""  # a whole-object check has none
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{where} is invalid{at}: {message}") from None
 
     @classmethod
     def from_json(cls, text: str, where: str = "combination") -> "Combination":
@@ -139,16 +158,23 @@ class Combination(BaseModel):
                     f"is now {now[:24]}...); restore its files or promote the combination again"
                 )
 
-    def load_members(self, device: str = "cpu", cache_dir: str | None = None, where: str = "combination") -> list:
-        from chared_flows.decoding import Member
+    def load_members(self, device: str = "cpu", cache_dir: str | None = None, where: str = "combination",
+                     backend: str | None = None) -> list:
+        """The members, each on its pinned backend (`backend`: "transformers" or "llama_cpp" for every
+        plain spec instead, knowingly leaving the backend the evidence was measured on)."""
+        from chared_flows.decoding import Member, pinned_argument
 
         self.verify(cache_dir, where)
-        return [Member.load(spec, chat=self.chat, cache_dir=cache_dir, device=device) for spec in self.members]
+        pins = self.backends or [None] * len(self.members)
+        return [Member.load(spec, chat=self.chat, cache_dir=cache_dir, device=device,
+                            backend=pinned_argument(spec, backend or pinned, where))
+                for spec, pinned in zip(self.members, pins)]
 
-    def ensemble(self, device: str = "cpu", cache_dir: str | None = None, where: str = "combination"):
+    def ensemble(self, device: str = "cpu", cache_dir: str | None = None, where: str = "combination",
+                 backend: str | None = None):
         from chared_flows.decoding import Ensemble
 
-        return Ensemble(self.load_members(device, cache_dir, where), self.decoding)
+        return Ensemble(self.load_members(device, cache_dir, where, backend), self.decoding)
 
     def prompt_for(self, item: Any) -> str:
         """A prompt from a str, or from a dict of the template's variables (or a "prompt" key)."""
@@ -166,10 +192,19 @@ class Combination(BaseModel):
 def make_combination(
     members: list[str], decoding: DecodeConfig, *, chat: bool = False, template: TemplateRef | None = None,
     evidence: dict[str, Any] | None = None, cache_dir: str | None = None,
+    backends: list[str] | None | Literal["here"] = "here",
 ) -> Combination:
-    """Fingerprint each member's files now and build the combination."""
+    """Fingerprint each member's files now and build the combination.
+
+    backends: the backend each member ran on; "here" (default): the one this process runs it
+    on; None: not pinned.
+    """
+    from chared_flows.decoding import choose_backend
     from chared_flows.decoding import model_fingerprint as fingerprint
 
     prints = [fingerprint(spec, cache_dir) for spec in members]
-    return Combination(members=list(members), fingerprints=prints, decoding=decoding, chat=chat,
-                       template=template, evidence=dict(evidence or {}))
+    if backends == "here":
+        backends = [choose_backend(spec) for spec in members]
+    return Combination.from_dict(dict(members=list(members), fingerprints=prints, decoding=decoding, chat=chat,
+                                      template=template, evidence=dict(evidence or {}),
+                                      backends=None if backends is None else list(backends)))

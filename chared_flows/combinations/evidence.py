@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from chared_flows.combinations.combination import Combination, TemplateRef, make_combination
+from chared_flows.decoding import chosen_under
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.errors import CharedError, ConfigError
 from chared_flows.flow.results import ResultsFile, read_json_file
@@ -89,8 +90,10 @@ def combination_from_run(run_dir: Path, variant_name: str, templates: Any = None
     config, chat = decode_config_of(variant)
     evidence = {"run_id": run.run_id, "variant": variant_name, "workflow": f"{run.workflow}@{run.workflow_version}",
                 "dataset_hash": run.dataset_hash, "metrics": metrics, **report_evidence(run_dir, variant_name)}
+    # pinned where the A/B measured it: a registered combination's own pins, else the run's backend policy
     return make_combination(list(variant.members), config, chat=chat, template=template_of(run, templates),
-                            evidence=evidence, cache_dir=cache_dir)
+                            evidence=evidence, cache_dir=cache_dir,
+                            backends=list(variant.backends) or chosen_under(run.backend, list(variant.members)))
 
 
 def template_of(run: RunRecord, templates: Any) -> TemplateRef:

@@ -1,5 +1,6 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
+from chared_flows.decoding.backends.auto import choose_backend, chosen_under, pinned_argument
 from chared_flows.decoding.backends.auto import policy as backend_policy
 from chared_flows.decoding.backends.checks import check_model_spec
 from chared_flows.decoding.backends.fingerprints import fingerprint as model_fingerprint
@@ -28,6 +29,9 @@ __all__ = [
     "TokenRunner",
     "argv_text",
     "backend_policy",
+    "choose_backend",
+    "chosen_under",
+    "pinned_argument",
     "cancellable",
     "model_fingerprint",
     "check_prompt",

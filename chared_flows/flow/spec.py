@@ -181,7 +181,8 @@ def combination_variant(name: str, uri: str) -> VariantSpec:
     call["stop"] = list(call["stop"])
     call["chat"] = combo.chat
     return VariantSpec(name=name, members=tuple(combo.members), weights=config.weights, mode=config.mode,
-                       rule=config.rule, decoding=call, combination=registered.where)
+                       rule=config.rule, decoding=call, combination=registered.where,
+                       backends=tuple(combo.backends or ()))
 
 
 def _label(point: float | list[float]) -> str:

@@ -60,10 +60,10 @@ def _build_ensemble(members: list[Any], config: DecodeConfig) -> Any:
     return Ensemble(members, config)
 
 
-def _load_member(spec: str, chat: bool, device: str = "cpu") -> Any:
+def _load_member(spec: str, chat: bool, device: str = "cpu", backend: str | None = None) -> Any:
     from chared_flows.decoding import Member
 
-    return Member.load(spec, chat=chat, device=device)
+    return Member.load(spec, chat=chat, device=device, backend=backend)
 
 
 def merge_stops(configured: Sequence[str] | None, call: Sequence[str] | None) -> list[str] | None:
@@ -98,6 +98,11 @@ class CharEDParams(DecodeFields):
         default="cpu",
         description="where the members' models run: cpu, cuda, cuda:N, mps or auto (Member.load's device)",
     )
+    backends: list[str] | None = Field(
+        default=None,
+        description="the backend each member runs on (transformers, llama_cpp, served); from_registry sets "
+        "what the combination pinned; None: each machine's own choice (decoding/backends/auto.py)",
+    )
     # Set by from_registry: where the combination came from, e.g. "models:/NAME@champion (version 3)".
     registry_source: str | None = Field(default=None, description="the registry version this model was loaded from")
     # Already loaded Member objects, used instead of loading `models` (tests, custom models).
@@ -113,6 +118,9 @@ class CharEDParams(DecodeFields):
                 f"{len(self.weights)} weights for {len(names)} members ({', '.join(names)}); "
                 "give exactly one weight per member"
             )
+        if self.backends is not None and len(self.backends) != len(names):
+            raise ValueError(f"{len(self.backends)} backends for {len(names)} members ({', '.join(names)}); "
+                             "give one per member, or None")
         return self
 
     @classmethod
@@ -129,7 +137,8 @@ class CharEDParams(DecodeFields):
         combo = registered.combination
         combo.verify(where=registered.where)
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in combo.decoding.model_dump().items()}
-        fields = {**fields, "models": list(combo.members), "chat": combo.chat, "registry_source": registered.where}
+        fields = {**fields, "models": list(combo.members), "chat": combo.chat, "registry_source": registered.where,
+                  "backends": combo.backends}
         # subtle: ChatCharED takes max_new_chars only under its alias max_tokens
         fields = {(cls.model_fields[k].alias or k): v for k, v in fields.items()}
         return cls(**{**fields, **overrides})
@@ -148,7 +157,8 @@ class CharEDParams(DecodeFields):
         config = self.decode_config().model_dump()
         config["weights"] = None if config["weights"] is None else list(config["weights"])
         config["stop"] = list(config["stop"]) or None
-        return {"models": self.member_names(), "chat": bool(self.chat), **config}
+        pinned = {} if self.backends is None else {"backends": list(self.backends)}
+        return {"models": self.member_names(), "chat": bool(self.chat), **pinned, **config}
 
     def ensemble(self) -> Any:
         return _build_ensemble(self._members(), self.decode_config())
@@ -175,7 +185,13 @@ class CharEDParams(DecodeFields):
             if self.chat is None:
                 return list(self.preloaded_members)
             return [m.with_chat(self.chat) for m in self.preloaded_members]
-        return [_load_member(spec, bool(self.chat), device=self.device) for spec in self.models]
+        from chared_flows.decoding import pinned_argument
+
+        pins = self.backends or [None] * len(self.models)
+        where = self.registry_source or "this model"
+        return [_load_member(spec, bool(self.chat), device=self.device,
+                             backend=pinned_argument(spec, pin, where))
+                for spec, pin in zip(self.models, pins)]
 
     def decode_kwargs(self, stop: Sequence[str] | None, call_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments for Ensemble.generate/stream: fields, then per-call overrides."""

@@ -83,9 +83,44 @@ def why(spec: str, requested: str | None, chosen: str) -> str:
     return "transformers (auto)"
 
 
+AUTO_LLAMA_CPP = "auto: llama_cpp for GGUF"
+AUTO_TRANSFORMERS = "auto: transformers (no llama_cpp binding)"
+
+
 def policy() -> str:
     """How plain specs are placed in this process, for run records: e.g. "auto: llama_cpp for GGUF"."""
     requested = default_backend()
     if requested != "auto":
         return requested
-    return "auto: llama_cpp for GGUF" if llama_cpp_available() else "auto: transformers (no llama_cpp binding)"
+    return AUTO_LLAMA_CPP if llama_cpp_available() else AUTO_TRANSFORMERS
+
+
+def chosen_under(recorded_policy: str, specs: list[str]) -> list[str] | None:
+    """The backend each spec ran on in a process whose policy() was `recorded_policy` (CPU runs).
+
+    None when the policy is not one policy() writes (a record from before runs logged it).
+    """
+    readings = {"transformers": ("transformers", False), "llama_cpp": ("llama_cpp", True),
+                AUTO_LLAMA_CPP: ("auto", True), AUTO_TRANSFORMERS: ("auto", False)}
+    if recorded_policy not in readings:
+        return None
+    requested, installed = readings[recorded_policy]
+    return [choose_backend(spec, requested, available=lambda: installed) for spec in specs]
+
+
+def pinned_argument(spec: str, pinned: str | None, where: str) -> str | None:
+    """Member.load's `backend` for a member pinned to `pinned` (a combination's record; None: unpinned).
+
+    None where the spec's own prefix decides (llama_cpp:, served:) or nothing is pinned.
+    A pin to llama_cpp where its binding does not import is refused here, with the fix,
+    rather than fall back silently to numbers the evidence was not measured on.
+    """
+    if pinned is None or pinned == "served" or spec.startswith(("llama_cpp:", "served:")):
+        return None
+    if pinned == "llama_cpp" and not llama_cpp_available():
+        raise ConfigError(
+            f"member {spec!r} of {where} was measured on llama_cpp and the llama-cpp-python binding does not "
+            "import here; install it (`make setup-llamacpp`), or override the pin knowingly (its numbers differ "
+            "from the evidence's): Combination.ensemble(backend='transformers'), or CharEDLLM(backends=[...])"
+        )
+    return pinned

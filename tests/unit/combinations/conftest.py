@@ -36,13 +36,13 @@ def greedy_text(members: list[str], variant: VariantSpec, prompt: str = PROMPT) 
 
 
 def write_run(folder: Path, members: list[str], *, errors: int = 0, variant_name: str = "mix",
-              report: dict | None = None) -> Path:
+              report: dict | None = None, backend: str = "") -> Path:
     """A run directory as `chared ab` leaves it: run.json, records.jsonl (real greedy outputs), report/ab.json."""
     variant = VariantSpec(name=variant_name, members=tuple(members), weights=(0.7, 0.3), mode="chared",
                           rule="mixture", decoding=dict(DECODING))
     single = VariantSpec(name="a", members=(members[0],), mode="chared", decoding=dict(DECODING))
     run = RunRecord(run_id="r1", workflow="wf", workflow_version=1, template="math_answer", template_version=1,
-                    template_hash="sha256:" + "0" * 64, dataset="{}", variants=[variant, single], n_samples=2)
+                    template_hash="sha256:" + "0" * 64, dataset="{}", variants=[variant, single], n_samples=2, backend=backend)
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"run": run.to_dict()}))
     text = greedy_text(members, variant)

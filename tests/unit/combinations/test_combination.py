@@ -70,3 +70,55 @@ def test_error_rows_and_unknown_variants_are_refused(tiny_dirs, tmp_path):
         combination_from_run(run_dir, "nope")
     with pytest.raises(ConfigError, match="no A/B run"):
         combination_from_run(tmp_path / "missing", "mix")
+
+
+def test_a_combination_pins_the_backend_each_member_ran_on(tiny_dirs):
+    config = DecodeConfig.build(mode="chared", max_new_chars=4)
+    pinned = make_combination(tiny_dirs, config)  # tests run with CHARED_BACKEND=transformers (tests/conftest.py)
+    assert pinned.backends == ["transformers", "transformers"] and "on transformers/transformers" in pinned.describe()
+    unpinned = make_combination(tiny_dirs, config, backends=None)
+    assert "backends" not in unpinned.content()  # hashed as before the field existed: registry versions stay
+    assert len({pinned.content_hash, unpinned.content_hash,
+                make_combination(tiny_dirs, config, backends=["llama_cpp", "transformers"]).content_hash}) == 3
+    assert Combination.from_json(pinned.to_json()) == pinned
+    with pytest.raises(ConfigError, match=r"combination is invalid: backend 'cuda' of member .* is not one of transformers, llama_cpp"):
+        Combination.from_json(pinned.to_json().replace('"transformers"', '"cuda"', 1))
+    with pytest.raises(ConfigError, match="1 backends for 2 members"):
+        make_combination(tiny_dirs, config, backends=["transformers"])
+
+
+def test_the_pinned_backend_wins_over_this_machines_choice(tiny_dirs, monkeypatch):
+    """$CHARED_BACKEND=llama_cpp cannot run the tiny HF directories: unpinned, loading fails; pinned, it loads."""
+    config = DecodeConfig.build(mode="chared", max_new_chars=4)
+    pinned = make_combination(tiny_dirs, config)
+    monkeypatch.setenv("CHARED_BACKEND", "llama_cpp")
+    with pytest.raises(ConfigError, match="backend llama_cpp runs GGUF files"):
+        make_combination(tiny_dirs, config, backends=None).load_members()
+    members = pinned.load_members()
+    assert [m.assets.backend.identity()["kind"] for m in members] == ["transformers", "transformers"]
+
+
+def test_a_member_pinned_to_llama_cpp_without_the_binding_is_refused_with_the_fix(tiny_dirs, monkeypatch):
+    from chared_flows.decoding.backends import auto
+
+    monkeypatch.setattr(auto, "llama_cpp_available", lambda: False)
+    combo = make_combination(tiny_dirs, DecodeConfig.build(mode="chared"), backends=["llama_cpp", "transformers"])
+    with pytest.raises(ConfigError, match=r"member .*/a' of combination was measured on llama_cpp .*make setup-llamacpp"):
+        combo.load_members()
+    assert len(combo.load_members(backend="transformers")) == 2  # knowingly overridden
+
+
+def test_backends_are_read_back_from_the_runs_recorded_policy():
+    from chared_flows.decoding.backends.auto import AUTO_LLAMA_CPP, AUTO_TRANSFORMERS, chosen_under
+
+    specs = ["smollm2", "/models/some-hf-dir", "llama_cpp:gemma3-270m", "served:http://127.0.0.1:8080?tokenizer=smollm2"]
+    assert chosen_under(AUTO_LLAMA_CPP, specs) == ["llama_cpp", "transformers", "llama_cpp", "served"]
+    assert chosen_under(AUTO_TRANSFORMERS, specs) == ["transformers", "transformers", "llama_cpp", "served"]
+    assert chosen_under("transformers", specs) == ["transformers", "transformers", "llama_cpp", "served"]
+    assert chosen_under("", specs) is None  # a run from before runs logged their policy: not pinned
+
+
+def test_a_run_variant_is_pinned_to_the_backend_its_run_recorded(tiny_dirs, tmp_path):
+    assert combination_from_run(write_run(tmp_path / "old", tiny_dirs), "mix").backends is None
+    run_dir = write_run(tmp_path / "new", tiny_dirs, backend="auto: transformers (no llama_cpp binding)")
+    assert combination_from_run(run_dir, "mix").backends == ["transformers", "transformers"]

@@ -161,3 +161,30 @@ def test_generate_with_a_bad_combination_is_one_line(capsys):
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def test_pinned_backends_travel_through_the_registry(tiny_dirs, store, tmp_path, monkeypatch):
+    """A run recorded under one backend policy; elsewhere $CHARED_BACKEND=llama_cpp could not even load the
+    tiny HF members. Pyfunc, LangChain and a workflow variant all load them on the pinned transformers."""
+    import json
+
+    import mlflow
+
+    from chared_flows.flow.llm import VariantLLM
+    from chared_flows.flow.spec import combination_variant
+    from chared_flows.integrations.langchain import CharEDLLM
+
+    run_dir = write_run(tmp_path / "r1", tiny_dirs, backend="auto: transformers (no llama_cpp binding)")
+    pinned = combination_from_run(run_dir, "mix")
+    assert pinned.backends == ["transformers", "transformers"]
+    promote(pinned, "pinned-combo", alias="champion")
+    record = json.loads((run_dir / "records.jsonl").read_text().splitlines()[0])
+    monkeypatch.setenv("CHARED_BACKEND", "llama_cpp")
+    llm = CharEDLLM.from_registry("models:/pinned-combo@champion")
+    assert llm.backends == ["transformers", "transformers"] and llm.invoke(PROMPT) == record["output"]
+    assert mlflow.pyfunc.load_model("models:/pinned-combo@champion").predict([PROMPT]) == [record["output"]]
+    variant = combination_variant("champion", "models:/pinned-combo@champion")
+    assert variant.backends == ("transformers", "transformers")
+    assert VariantLLM(variant).complete(PROMPT)[0] == record["output"]
+    with pytest.raises(ConfigError, match="backend llama_cpp runs GGUF files"):  # unpinned: the env decides
+        CharEDLLM(models=list(tiny_dirs)).invoke(PROMPT)

@@ -99,7 +99,7 @@ class FakeEnsemble:
 def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     recorder = Recorder()
 
-    def load(spec: str, chat: bool, device: str = "cpu") -> FakeMember:
+    def load(spec: str, chat: bool, device: str = "cpu", **_) -> FakeMember:
         recorder.loads.append((spec, chat))
         return FakeMember(spec, chat)
 
