@@ -175,8 +175,23 @@ def convert_gguf(path: Path, root: Path) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
+        publish_dir(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def publish_dir(staging: Path, target: Path) -> None:
+    """Rename a finished `staging` directory to `target`, unless another process got there first.
+
+    Subtle: two processes that convert the same file at once (Ray workers, parallel runs on a
+    fresh cache) both finish a staging copy; the second rename finds a non-empty `target` and
+    fails (ENOTEMPTY or EEXIST). Both copies are the same conversion, so the loser keeps the
+    winner's and drops its own; any other failure is still an error.
+    """
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from chared_flows.decoding import Member
@@ -53,3 +55,25 @@ def test_an_empty_or_missing_file(tmp_path):
         Member.load(str(tmp_path / "empty.gguf"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ModelLoadError, match="does not exist"):
         Member.load(str(tmp_path / "gone.gguf"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_conversion_another_process_finished_first_is_kept(tmp_path):
+    """publish_dir (convert_gguf's last step): the loser of two concurrent conversions keeps the winner's."""
+    from chared_flows.decoding.backends.loading import publish_dir
+
+    def staged(name: str, text: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(text)
+        return folder
+
+    target = tmp_path / "model"
+    publish_dir(staged(".tmp-first", "first"), target)  # nothing there yet: renamed
+    assert (target / "config.json").read_text() == "first" and not (tmp_path / ".tmp-first").exists()
+    publish_dir(staged(".tmp-second", "second"), target)  # the same conversion, done twice: no error
+    assert (target / "config.json").read_text() == "first"
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a conversion")
+    with pytest.raises(OSError):  # a non-empty target that is no conversion is still an error
+        publish_dir(staged(".tmp-third", "third"), junk)
