@@ -23,9 +23,11 @@ would split the batch and leave the decodings half a step apart from then on.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -33,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 DEFAULT_MAX_BATCH = 16
 DEFAULT_LINGER_S = 1.0  # a safety net only: decodings normally block (or submit) well before
 IDLE_EXIT_S = 2.0  # a worker with nothing to do for this long ends; the next pass starts a new one
+EXIT_WAIT_S = 120.0  # at interpreter exit, how long a running batch may take to finish
 
 
 class Client:
@@ -141,8 +144,10 @@ class PassScheduler:
         self._first_arrival = 0.0
         self._clients: set[Client] = set()
         self._worker: threading.Thread | None = None
+        self._closed = False
         self.batches = 0  # batched calls made (for stats and benchmarks)
         self.passes = 0
+        _LIVE.add(self)
 
     # --- clients ------------------------------------------------------------------
 
@@ -164,6 +169,9 @@ class PassScheduler:
         as waiting for this batch, so it runs with the next pass the owner does wait for (or on
         linger_s / max_batch). A caller that no longer needs it cancels its future: never run."""
         future: Future = Future()
+        if self._closed:
+            future.set_exception(RuntimeError("the interpreter is exiting: no more forward passes run"))
+            return future
         owner = getattr(_current, "client", None)
         if owner is not None:
             owner.submitted()
@@ -205,10 +213,31 @@ class PassScheduler:
             or time.monotonic() - self._first_arrival >= self.linger_s
         )
 
+    def close(self, timeout: float = EXIT_WAIT_S) -> None:
+        """Run nothing more: cancel what is queued and wait (up to `timeout`) for the running batch.
+
+        Called at interpreter exit (see _close_all_at_exit); a closed scheduler refuses passes.
+        """
+        with self._cond:
+            self._closed = True
+            queued, self._queue = self._queue, []
+            worker = self._worker
+            self._cond.notify_all()
+        for request in queued:
+            request.future.cancel()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+
     def _serve(self) -> None:
         while True:
             with self._cond:
+                if self._closed:
+                    self._worker = None
+                    return
                 while not self._ready():
+                    if self._closed:
+                        self._worker = None
+                        return
                     if not self._queue:
                         if not self._cond.wait(IDLE_EXIT_S) and not self._queue:
                             self._worker = None
@@ -268,6 +297,21 @@ def gather(futures: Iterable[tuple[PassScheduler, Future]]) -> list[Any]:
 
 
 _LOCK = threading.Lock()
+_LIVE: "weakref.WeakSet[PassScheduler]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """At interpreter exit, let every running batch finish, and start none.
+
+    The trap: workers are daemon threads, and one inside a backend's kernels (the GIL
+    released) keeps running while the interpreter exits under it. Measured: a process
+    that ended during a pass (exact scoring leaves passes queued ahead running) died with
+    "terminate called without an active exception" (torch, exit 134) or a segfault
+    (llama.cpp, exit 139): a finished job that a script or CI step then reads as failed.
+    """
+    for scheduler in list(_LIVE):
+        scheduler.close()
 
 
 def scheduler_for(backend: Any) -> PassScheduler:
