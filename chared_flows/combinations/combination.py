@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from chared_flows.decoding import PINNABLE_BACKENDS as PINNABLE
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.errors import ConfigError
 
 FORMAT = 1
-PINNABLE = ("transformers", "llama_cpp", "served")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 
 

@@ -1,5 +1,6 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
+from chared_flows.decoding.backends.auto import PINNABLE as PINNABLE_BACKENDS
 from chared_flows.decoding.backends.auto import choose_backend, chosen_under, pinned_argument
 from chared_flows.decoding.backends.auto import policy as backend_policy
 from chared_flows.decoding.backends.checks import check_model_spec
@@ -29,6 +30,7 @@ __all__ = [
     "TokenRunner",
     "argv_text",
     "backend_policy",
+    "PINNABLE_BACKENDS",
     "choose_backend",
     "chosen_under",
     "pinned_argument",

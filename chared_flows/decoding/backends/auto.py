@@ -24,6 +24,7 @@ from typing import Callable
 from chared_flows.errors import ConfigError
 
 BACKENDS = ("auto", "transformers", "llama_cpp")
+PINNABLE = ("transformers", "llama_cpp", "served")  # what a member ran on, as a combination records it
 ENV = "CHARED_BACKEND"
 
 

@@ -248,3 +248,13 @@ def test_batch_decodes_the_prompts_together_with_the_same_texts() -> None:
     batches, passes = scheduler.batches, scheduler.passes
     assert llm.batch(prompts) == alone
     assert scheduler.batches - batches < scheduler.passes - passes  # some passes shared a forward
+
+
+def test_bad_backends_are_refused_when_the_llm_is_built(fake_engine) -> None:
+    with pytest.raises(ValidationError, match="1 backends for 2 members"):
+        CharEDLLM(models=["a", "b"], backends=["transformers"])
+    with pytest.raises(ValidationError, match="backend 'cuda' is not one of transformers, llama_cpp, served"):
+        CharEDLLM(models=["a", "b"], backends=["transformers", "cuda"])
+    assert fake_engine.loads == []  # refused before any model loads
+    assert CharEDLLM(models=["a", "b"], backends=["transformers", "llama_cpp"])._identifying_params["backends"] == [
+        "transformers", "llama_cpp"]
