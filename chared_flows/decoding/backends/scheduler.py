@@ -169,13 +169,13 @@ class PassScheduler:
         as waiting for this batch, so it runs with the next pass the owner does wait for (or on
         linger_s / max_batch). A caller that no longer needs it cancels its future: never run."""
         future: Future = Future()
-        if self._closed:
-            future.set_exception(RuntimeError("the interpreter is exiting: no more forward passes run"))
-            return future
         owner = getattr(_current, "client", None)
-        if owner is not None:
-            owner.submitted()
         with self._cond:
+            if self._closed:  # under the lock: nothing joins the queue after close() emptied it
+                future.set_exception(RuntimeError("the interpreter is exiting: no more forward passes run"))
+                return future
+            if owner is not None:
+                owner.submitted()
             if not self._queue:
                 self._first_arrival = time.monotonic()
             self._queue.append(_Request(runner, list(ids), finish, future, owner, eager))
@@ -231,10 +231,7 @@ class PassScheduler:
     def _serve(self) -> None:
         while True:
             with self._cond:
-                if self._closed:
-                    self._worker = None
-                    return
-                while not self._ready():
+                while not self._ready():  # a closed scheduler's queue stays empty: never ready
                     if self._closed:
                         self._worker = None
                         return
