@@ -162,13 +162,12 @@ class Combination(BaseModel):
                      backend: str | None = None) -> list:
         """The members, each on its pinned backend (`backend`: "transformers" or "llama_cpp" for every
         plain spec instead, knowingly leaving the backend the evidence was measured on)."""
-        from chared_flows.decoding import Member, pinned_argument
+        from chared_flows.decoding import Member, pinned_arguments
 
         self.verify(cache_dir, where)
-        pins = self.backends or [None] * len(self.members)
-        return [Member.load(spec, chat=self.chat, cache_dir=cache_dir, device=device,
-                            backend=pinned_argument(spec, backend or pinned, where))
-                for spec, pinned in zip(self.members, pins)]
+        backends = pinned_arguments(self.members, self.backends, where, override=backend)
+        return [Member.load(spec, chat=self.chat, cache_dir=cache_dir, device=device, backend=chosen)
+                for spec, chosen in zip(self.members, backends)]
 
     def ensemble(self, device: str = "cpu", cache_dir: str | None = None, where: str = "combination",
                  backend: str | None = None):

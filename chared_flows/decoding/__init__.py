@@ -1,7 +1,7 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
 from chared_flows.decoding.backends.auto import PINNABLE as PINNABLE_BACKENDS
-from chared_flows.decoding.backends.auto import choose_backend, chosen_under, pinned_argument
+from chared_flows.decoding.backends.auto import choose_backend, chosen_under, pinned_arguments
 from chared_flows.decoding.backends.auto import policy as backend_policy
 from chared_flows.decoding.backends.checks import check_model_spec
 from chared_flows.decoding.backends.fingerprints import fingerprint as model_fingerprint
@@ -33,7 +33,7 @@ __all__ = [
     "PINNABLE_BACKENDS",
     "choose_backend",
     "chosen_under",
-    "pinned_argument",
+    "pinned_arguments",
     "cancellable",
     "model_fingerprint",
     "check_prompt",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
-from chared_flows.decoding import DecodeConfig, Ensemble, Member, generation_info, pinned_argument
+from chared_flows.decoding import DecodeConfig, Ensemble, Member, generation_info, pinned_arguments
 from chared_flows.records import VariantSpec
 
 
@@ -27,7 +27,7 @@ class VariantLLM:
         self.chat = bool(decoding.pop("chat", False))
         self.device = device
         self.specs = list(variant.members)
-        self.pins = list(variant.backends) or [None] * len(self.specs)  # a registered combination's backends
+        self.pins = list(variant.backends)  # a registered combination's backends (empty: unpinned)
         self.where = variant.combination or f"variant {variant.name!r}"
         # The variant was checked when the workflow was read; this builds the engine's object.
         ensemble = {"weights": variant.weights, "mode": variant.mode, "rule": variant.rule}
@@ -38,9 +38,9 @@ class VariantLLM:
     def loaded_members(self) -> list[Member]:
         with self._lock:
             if self._members is None:
-                self._members = [Member.load(spec, chat=self.chat, device=self.device,
-                                             backend=pinned_argument(spec, pin, self.where))
-                                 for spec, pin in zip(self.specs, self.pins)]
+                backends = pinned_arguments(self.specs, self.pins, self.where)
+                self._members = [Member.load(spec, chat=self.chat, device=self.device, backend=backend)
+                                 for spec, backend in zip(self.specs, backends)]
             return list(self._members)
 
     def tokenizer_families(self) -> list[str]:

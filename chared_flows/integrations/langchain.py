@@ -46,7 +46,7 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 
 from chared_flows.decoding import PINNABLE_BACKENDS as PINNABLE
-from chared_flows.decoding import generation_info
+from chared_flows.decoding import generation_info, pinned_arguments
 from chared_flows.decoding.config import CALL_FIELDS, DecodeConfig, DecodeFields
 
 DEFAULT_MODELS = ["smollm2", "gemma3-270m"]
@@ -190,13 +190,9 @@ class CharEDParams(DecodeFields):
             if self.chat is None:
                 return list(self.preloaded_members)
             return [m.with_chat(self.chat) for m in self.preloaded_members]
-        from chared_flows.decoding import pinned_argument
-
-        pins = self.backends or [None] * len(self.models)
-        where = self.registry_source or "this model"
-        return [_load_member(spec, bool(self.chat), device=self.device,
-                             backend=pinned_argument(spec, pin, where))
-                for spec, pin in zip(self.models, pins)]
+        backends = pinned_arguments(self.models, self.backends, self.registry_source or "this model")
+        return [_load_member(spec, bool(self.chat), device=self.device, backend=backend)
+                for spec, backend in zip(self.models, backends)]
 
     def decode_kwargs(self, stop: Sequence[str] | None, call_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments for Ensemble.generate/stream: fields, then per-call overrides."""

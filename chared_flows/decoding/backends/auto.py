@@ -109,6 +109,13 @@ def chosen_under(recorded_policy: str, specs: list[str]) -> list[str] | None:
     return [choose_backend(spec, requested, available=lambda: installed) for spec in specs]
 
 
+def pinned_arguments(specs: list[str], pins: list[str] | None, where: str,
+                     override: str | None = None) -> list[str | None]:
+    """Member.load's `backend` for each spec: its pin (None or empty: unpinned), or `override` for all."""
+    pins = list(pins or ()) or [None] * len(specs)
+    return [pinned_argument(spec, override or pin, where) for spec, pin in zip(specs, pins)]
+
+
 def pinned_argument(spec: str, pinned: str | None, where: str) -> str | None:
     """Member.load's `backend` for a member pinned to `pinned` (a combination's record; None: unpinned).
 
