@@ -15,8 +15,6 @@ pytestmark = pytest.mark.integration
 
 
 def _convert(root: str, start, out) -> None:
-    from pathlib import Path
-
     from chared_flows.decoding.backends.files import EMBEDDED
     from chared_flows.decoding.backends.loading import convert_gguf
 
