@@ -86,9 +86,12 @@ class BruteForce:
                 total += probs[token_id] * self.ends_with_eos(ids + (token_id,), rest[len(data):])
         return total
 
-    def distribution(self, ids: tuple, text: bytes, candidates: list[int]) -> np.ndarray:
+    def distribution(self, ids: tuple, text: bytes, candidates: list[int] | None) -> np.ndarray:
+        """Unnormalised next options after `text`; candidates None: all 256 bytes in one recursion."""
         out = np.zeros(NUM_OPTIONS)
-        for b in candidates:
+        if candidates is None:
+            out[:256] = self.next_byte_masses(ids, text)
+        for b in candidates or ():
             out[b] = self.prefix(ids, text + bytes([b]))
         pending = split_complete(text)[1]
         out[:256] *= next_byte_mask(pending)
@@ -341,9 +344,7 @@ def _true_conditionals(k: int, anchor: tuple, tail: bytes, text: bytes) -> list[
     dists = []
     for i in range(len(text)):
         read = tail + text[:i]
-        dist = np.zeros(NUM_OPTIONS)
-        dist[:256] = brute.next_byte_masses(anchor, read) * next_byte_mask(split_complete(read)[1])
-        dist[EOS] = 0.0 if split_complete(read)[1] else brute.ends_with_eos(anchor, read)
+        dist = brute.distribution(anchor, read, None)
         # the one-recursion oracle agrees with the original one on the byte that matters
         assert dist[text[i]] == pytest.approx(brute.prefix(anchor, read + text[i:i + 1]), rel=1e-12)
         dists.append(dist / dist.sum())
