@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from chared_flows.decoding import PINNABLE_BACKENDS as PINNABLE
+from chared_flows.decoding import pin_problem
 from chared_flows.decoding.config import DecodeConfig
 from chared_flows.errors import ConfigError
 
@@ -85,12 +85,9 @@ class Combination(BaseModel):
     def _one_fingerprint_per_member(self) -> "Combination":
         if len(self.fingerprints) != len(self.members):
             raise ValueError(f"{len(self.fingerprints)} fingerprints for {len(self.members)} members")
-        if self.backends is not None:
-            if len(self.backends) != len(self.members):
-                raise ValueError(f"{len(self.backends)} backends for {len(self.members)} members")
-            for spec, backend in zip(self.members, self.backends):
-                if backend not in PINNABLE:
-                    raise ValueError(f"backend {backend!r} of member {spec!r} is not one of {', '.join(PINNABLE)}")
+        problem = None if self.backends is None else pin_problem(self.members, self.backends)
+        if problem:
+            raise ValueError(problem)
         weights = self.decoding.weights
         if weights is not None and len(weights) != len(self.members):
             raise ValueError(f"{len(weights)} weights for {len(self.members)} members ({', '.join(self.members)})")

@@ -1,7 +1,6 @@
 """The CharED decoding core. Imports nothing from the package but `errors`."""
 
-from chared_flows.decoding.backends.auto import PINNABLE as PINNABLE_BACKENDS
-from chared_flows.decoding.backends.auto import choose_backend, chosen_under, pinned_arguments
+from chared_flows.decoding.backends.auto import choose_backend, chosen_under, pin_problem, pinned_arguments
 from chared_flows.decoding.backends.auto import policy as backend_policy
 from chared_flows.decoding.backends.checks import check_model_spec
 from chared_flows.decoding.backends.fingerprints import fingerprint as model_fingerprint
@@ -30,7 +29,7 @@ __all__ = [
     "TokenRunner",
     "argv_text",
     "backend_policy",
-    "PINNABLE_BACKENDS",
+    "pin_problem",
     "choose_backend",
     "chosen_under",
     "pinned_arguments",

@@ -45,8 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 
-from chared_flows.decoding import PINNABLE_BACKENDS as PINNABLE
-from chared_flows.decoding import generation_info, pinned_arguments
+from chared_flows.decoding import generation_info, pin_problem, pinned_arguments
 from chared_flows.decoding.config import CALL_FIELDS, DecodeConfig, DecodeFields
 
 DEFAULT_MODELS = ["smollm2", "gemma3-270m"]
@@ -119,13 +118,9 @@ class CharEDParams(DecodeFields):
                 f"{len(self.weights)} weights for {len(names)} members ({', '.join(names)}); "
                 "give exactly one weight per member"
             )
-        if self.backends is not None:
-            if len(self.backends) != len(names):
-                raise ValueError(f"{len(self.backends)} backends for {len(names)} members ({', '.join(names)}); "
-                                 "give one per member, or None")
-            unknown = [b for b in self.backends if b not in PINNABLE]
-            if unknown:
-                raise ValueError(f"backend {unknown[0]!r} is not one of {', '.join(PINNABLE)}")
+        problem = None if self.backends is None else pin_problem(names, self.backends)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @classmethod

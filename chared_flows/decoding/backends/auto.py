@@ -109,6 +109,16 @@ def chosen_under(recorded_policy: str, specs: list[str]) -> list[str] | None:
     return [choose_backend(spec, requested, available=lambda: installed) for spec in specs]
 
 
+def pin_problem(specs: list[str], pins: list[str]) -> str | None:
+    """Why `pins` cannot pin `specs` (one per spec, each in PINNABLE); None when they can."""
+    if len(pins) != len(specs):
+        return f"{len(pins)} backends for {len(specs)} members ({', '.join(specs)}); give one per member, or none"
+    for spec, pin in zip(specs, pins):
+        if pin not in PINNABLE:
+            return f"backend {pin!r} of member {spec!r} is not one of {', '.join(PINNABLE)}"
+    return None
+
+
 def pinned_arguments(specs: list[str], pins: list[str] | None, where: str,
                      override: str | None = None) -> list[str | None]:
     """Member.load's `backend` for each spec: its pin (None or empty: unpinned), or `override` for all."""

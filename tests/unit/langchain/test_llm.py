@@ -253,7 +253,7 @@ def test_batch_decodes_the_prompts_together_with_the_same_texts() -> None:
 def test_bad_backends_are_refused_when_the_llm_is_built(fake_engine) -> None:
     with pytest.raises(ValidationError, match="1 backends for 2 members"):
         CharEDLLM(models=["a", "b"], backends=["transformers"])
-    with pytest.raises(ValidationError, match="backend 'cuda' is not one of transformers, llama_cpp, served"):
+    with pytest.raises(ValidationError, match="backend 'cuda' of member 'b' is not one of transformers, llama_cpp, served"):
         CharEDLLM(models=["a", "b"], backends=["transformers", "cuda"])
     assert fake_engine.loads == []  # refused before any model loads
     assert CharEDLLM(models=["a", "b"], backends=["transformers", "llama_cpp"])._identifying_params["backends"] == [
